@@ -1,0 +1,653 @@
+//! Node configuration: the seed's `config.yml` format, `REGISTRY_*` environment overrides, and
+//! the defaults that let `ipcr-node serve` run with no file at all.
+//!
+//! Loading goes YAML → JSON value tree → environment overrides → typed [`Config`], so that an
+//! unknown key, whether in the file or in the environment, is an error that names its path.
+//! Tests build a [`Config`] in code and never go through this parser.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The YAML does not parse.
+    #[error("parsing configuration: {0}")]
+    Yaml(String),
+    /// A key is unknown or a value has the wrong type.
+    #[error("configuration key `{path}`: {message}")]
+    Key {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A `REGISTRY_*` variable names no configuration key.
+    #[error("environment variable {0} does not name a configuration key")]
+    UnknownEnv(String),
+    /// The values parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A duration written the Go way (`10s`, `1h30m`, `500ms`), as distribution's config uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+impl GoDuration {
+    /// Parse `[0-9]+(ns|us|µs|ms|s|m|h)` repeated, or a bare number of seconds.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<u64>() {
+            return Ok(GoDuration(Duration::from_secs(secs)));
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        if rest.is_empty() {
+            return Err("empty duration".into());
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(|| format!("missing unit in duration `{s}`"))?;
+            let value: f64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("invalid duration `{s}`"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let nanos_per = match &rest[..unit_len] {
+                "ns" => 1.0,
+                "us" | "µs" => 1e3,
+                "ms" => 1e6,
+                "s" => 1e9,
+                "m" => 60e9,
+                "h" => 3600e9,
+                other => return Err(format!("unknown unit `{other}` in duration `{s}`")),
+            };
+            total += Duration::from_nanos((value * nanos_per) as u64);
+            rest = &rest[unit_len..];
+        }
+        Ok(GoDuration(total))
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for GoDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => GoDuration::parse(&s).map_err(serde::de::Error::custom),
+            Value::Number(n) => n
+                .as_u64()
+                .map(|secs| GoDuration(Duration::from_secs(secs)))
+                .ok_or_else(|| serde::de::Error::custom("duration must be a non-negative number of seconds")),
+            _ => Err(serde::de::Error::custom("expected a duration such as `10s`")),
+        }
+    }
+}
+
+/// `version: 0.1` in YAML is a float; accept it as a string either way.
+fn version_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(serde::de::Error::custom("version must be a string such as 0.1")),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Configuration format version (the seed uses `0.1`).
+    #[serde(deserialize_with = "version_string")]
+    pub version: String,
+    /// Logging.
+    pub log: LogConfig,
+    /// Blob and metadata storage.
+    pub storage: StorageConfig,
+    /// The registry's HTTP listener.
+    pub http: HttpConfig,
+    /// Health checks.
+    pub health: HealthConfig,
+    /// This node's identity in the Raft cluster.
+    pub cluster: ClusterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: "0.1".into(),
+            log: LogConfig::default(),
+            storage: StorageConfig::default(),
+            http: HttpConfig::default(),
+            health: HealthConfig::default(),
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+/// `log:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace` (overridden by `RUST_LOG` when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub formatter: String,
+    /// Fields added to every log line (the seed sets `service: registry`).
+    pub fields: BTreeMap<String, String>,
+    /// Access log settings.
+    pub accesslog: AccessLogConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            formatter: "text".into(),
+            fields: BTreeMap::new(),
+            accesslog: AccessLogConfig::default(),
+        }
+    }
+}
+
+/// `log.accesslog:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Turn off the per-request access log line.
+    pub disabled: bool,
+}
+
+/// `storage:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Blobs on the local filesystem (the default driver).
+    pub filesystem: Option<FilesystemConfig>,
+    /// Blobs pinned on IPFS through an Estuary service, with local disk as first tier.
+    pub estuary: Option<EstuaryConfig>,
+    /// Whether `DELETE` of blobs and manifests is allowed.
+    pub delete: DeleteConfig,
+    /// Redirects of blob pulls to the backend's gateway.
+    pub redirect: RedirectConfig,
+    /// Background maintenance.
+    pub maintenance: MaintenanceConfig,
+}
+
+/// `storage.filesystem:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// The node's data directory: blobs, upload sessions and Raft state live under it.
+    pub rootdirectory: PathBuf,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            rootdirectory: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `storage.estuary:` (the seed's keys).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EstuaryConfig {
+    /// Estuary API URL.
+    pub url: String,
+    /// Shuttle URL that takes uploads.
+    #[serde(rename = "shuttle-url")]
+    pub shuttle_url: String,
+    /// Bearer token.
+    #[serde(rename = "auth-token")]
+    pub auth_token: String,
+    /// Local first tier: the node's data directory.
+    pub rootdirectory: PathBuf,
+}
+
+/// `storage.delete:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeleteConfig {
+    /// Allow deleting blobs, manifests and tags.
+    pub enabled: bool,
+}
+
+/// `storage.redirect:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectConfig {
+    /// Never redirect; always proxy bytes through the node.
+    pub disable: bool,
+}
+
+/// `storage.maintenance:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Purging of abandoned upload sessions.
+    pub uploadpurging: UploadPurgingConfig,
+}
+
+/// `storage.maintenance.uploadpurging:` (distribution's keys and defaults).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadPurgingConfig {
+    /// Run the purger.
+    pub enabled: bool,
+    /// Sessions untouched for this long are purged.
+    pub age: GoDuration,
+    /// How often the purger runs.
+    pub interval: GoDuration,
+    /// Log what would be purged without purging.
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurgingConfig {
+    fn default() -> Self {
+        UploadPurgingConfig {
+            enabled: true,
+            age: GoDuration(Duration::from_secs(168 * 3600)),
+            interval: GoDuration(Duration::from_secs(24 * 3600)),
+            dryrun: false,
+        }
+    }
+}
+
+/// `http:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address, Go style: `:5005` (all interfaces) or `host:port`.
+    pub addr: String,
+    /// Distribution signs upload state with it; IPCR replicates upload state instead, so it is
+    /// accepted for compatibility and not needed behind a load balancer.
+    pub secret: Option<String>,
+    /// Headers added to every response.
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: ":5005".into(),
+            secret: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The socket address to bind.
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let addr = if self.addr.starts_with(':') {
+            format!("0.0.0.0{}", self.addr)
+        } else {
+            self.addr.clone()
+        };
+        addr.parse()
+            .map_err(|_| ConfigError::Invalid(format!("http.addr `{}` is not host:port", self.addr)))
+    }
+}
+
+/// `health:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Probes of the storage backend.
+    pub storagedriver: StorageDriverHealthConfig,
+}
+
+/// `health.storagedriver:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageDriverHealthConfig {
+    /// Run the probe.
+    pub enabled: bool,
+    /// Time between probes.
+    pub interval: GoDuration,
+    /// Consecutive failures before the backend is reported unhealthy.
+    pub threshold: u32,
+}
+
+impl Default for StorageDriverHealthConfig {
+    fn default() -> Self {
+        StorageDriverHealthConfig {
+            enabled: false,
+            interval: GoDuration(Duration::from_secs(10)),
+            threshold: 3,
+        }
+    }
+}
+
+/// `cluster:`: this node's identity and its Raft timing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Raft node id. Chosen at random on first start and kept in the data directory when absent;
+    /// ids are never reused.
+    pub id: Option<u64>,
+    /// Raft heartbeat interval.
+    pub heartbeat: GoDuration,
+    /// Minimum election timeout (the maximum is twice this).
+    #[serde(rename = "election-timeout")]
+    pub election_timeout: GoDuration,
+    /// Applied entries kept in the log after a snapshot (for slow followers).
+    #[serde(rename = "snapshot-logs")]
+    pub snapshot_logs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            id: None,
+            heartbeat: GoDuration(Duration::from_millis(500)),
+            election_timeout: GoDuration(Duration::from_millis(1500)),
+            snapshot_logs: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Load a YAML file (or the embedded defaults when `path` is `None`), then apply
+    /// `REGISTRY_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Config::from_yaml(&text, env)
+    }
+
+    /// Parse YAML text and apply overrides (empty text means all defaults).
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file: Value = if text.trim().is_empty() {
+            Value::Object(Default::default())
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?
+        };
+        // The defaults give every known key a place in the tree, so an environment variable
+        // can be matched against the schema even when the file does not mention its section.
+        let mut tree = serde_json::to_value(Config::default()).expect("defaults serialize");
+        merge(&mut tree, file);
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix("REGISTRY_") {
+                apply_env(&mut tree, rest, &value).ok_or(ConfigError::UnknownEnv(key.clone()))?;
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| ConfigError::Key {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.http.socket_addr()?;
+        if self.storage.filesystem.is_some() && self.storage.estuary.is_some() {
+            return Err(ConfigError::Invalid(
+                "configure one of storage.filesystem and storage.estuary, not both".into(),
+            ));
+        }
+        if !["text", "json"].contains(&self.log.formatter.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "log.formatter `{}` must be text or json",
+                self.log.formatter
+            )));
+        }
+        if self.health.storagedriver.threshold == 0 {
+            return Err(ConfigError::Invalid(
+                "health.storagedriver.threshold must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        match (&self.storage.filesystem, &self.storage.estuary) {
+            (_, Some(e)) if !e.rootdirectory.as_os_str().is_empty() => e.rootdirectory.clone(),
+            (Some(fs), _) => fs.rootdirectory.clone(),
+            _ => FilesystemConfig::default().rootdirectory,
+        }
+    }
+}
+
+/// Overlay `from` onto `into`: objects merge key by key, anything else replaces.
+fn merge(into: &mut Value, from: Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) if !v.is_null() => merge(slot, v),
+                    Some(_) => {}
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Env names spell keys uppercase with `_` for both nesting and `-`.
+fn env_name(key: &str) -> String {
+    key.to_ascii_uppercase().replace('-', "_")
+}
+
+/// Walk `REGISTRY_A_B_C` down the tree, matching the longest key at each level so that keys
+/// containing `-` (`SHUTTLE_URL`) work. Returns `None` when no key matches.
+fn apply_env(tree: &mut Value, rest: &str, raw: &str) -> Option<()> {
+    let Value::Object(map) = tree else { return None };
+    // A section absent from the defaults (an optional driver) becomes an empty object so that
+    // `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY` works without the file naming the driver.
+    let keys: Vec<String> = map.keys().cloned().collect();
+    let mut matches: Vec<&String> = keys
+        .iter()
+        .filter(|k| {
+            let name = env_name(k);
+            rest == name || rest.starts_with(&format!("{name}_"))
+        })
+        .collect();
+    matches.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    let key = (*matches.first()?).clone();
+    let name = env_name(&key);
+    let slot = map.get_mut(&key)?;
+    if rest == name {
+        *slot = env_value(raw);
+        return Some(());
+    }
+    if slot.is_null() {
+        *slot = optional_section(&key)?;
+    }
+    apply_env(slot, &rest[name.len() + 1..], raw)
+}
+
+/// The full key set of an optional section, so its keys can be matched.
+fn optional_section(key: &str) -> Option<Value> {
+    match key {
+        "filesystem" => serde_json::to_value(FilesystemConfig::default()).ok(),
+        "estuary" => serde_json::to_value(EstuaryConfig::default()).ok(),
+        "secret" | "id" => Some(Value::Null),
+        _ => None,
+    }
+}
+
+/// An environment value is read as a YAML scalar, so `true` and `3` keep their types.
+fn env_value(raw: &str) -> Value {
+    match serde_saphyr::from_str::<Value>(raw) {
+        Ok(v @ (Value::Bool(_) | Value::Number(_))) => v,
+        _ => Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+version: 0.1
+log:
+  fields:
+    service: registry
+
+storage:
+  redirect:
+    disable: false
+  
+  estuary:
+    url: https://api.estuary.tech
+    shuttle-url: https://shuttle-4.estuary.tech
+    auth-token: TOKEN_GOES_HERE
+    rootdirectory: /Users/satoshi/registries/estuary-prod
+
+http:
+  addr: :5005
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_seed_config_loads() {
+        let c = Config::from_yaml(SEED, no_env()).unwrap();
+        assert_eq!(c.version, "0.1");
+        assert_eq!(c.log.fields["service"], "registry");
+        let e = c.storage.estuary.as_ref().unwrap();
+        assert_eq!(e.shuttle_url, "https://shuttle-4.estuary.tech");
+        assert_eq!(e.auth_token, "TOKEN_GOES_HERE");
+        assert_eq!(
+            c.data_dir(),
+            PathBuf::from("/Users/satoshi/registries/estuary-prod")
+        );
+        assert_eq!(c.http.headers["X-Content-Type-Options"], vec!["nosniff"]);
+        assert!(c.health.storagedriver.enabled);
+        assert_eq!(c.health.storagedriver.interval.0, Duration::from_secs(10));
+        assert_eq!(c.http.socket_addr().unwrap().port(), 5005);
+    }
+
+    #[test]
+    fn no_file_means_defaults() {
+        let c = Config::from_yaml("", no_env()).unwrap();
+        assert_eq!(c.http.addr, ":5005");
+        assert_eq!(c.data_dir(), PathBuf::from("./data"));
+        assert!(!c.storage.delete.enabled);
+        assert!(c.storage.maintenance.uploadpurging.enabled);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_yaml("storage:\n  delete:\n    enabeld: true\n", no_env()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("storage.delete"), "{text}");
+        assert!(text.contains("enabeld"), "{text}");
+        let err = Config::from_yaml("htp:\n  addr: :1\n", no_env()).unwrap_err();
+        assert!(err.to_string().contains("htp"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        let env = vec![
+            ("REGISTRY_HTTP_ADDR".to_string(), "127.0.0.1:6000".to_string()),
+            ("REGISTRY_STORAGE_DELETE_ENABLED".to_string(), "true".to_string()),
+            (
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY".to_string(),
+                "/tmp/x".to_string(),
+            ),
+            (
+                "REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD".to_string(),
+                "5".to_string(),
+            ),
+            ("REGISTRY_HTTP_SECRET".to_string(), "s3cret".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::from_yaml("", env).unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:6000");
+        assert!(c.storage.delete.enabled);
+        assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
+        assert_eq!(c.health.storagedriver.threshold, 5);
+        assert_eq!(c.http.secret.as_deref(), Some("s3cret"));
+
+        let env = vec![(
+            "REGISTRY_STORAGE_ESTUARY_SHUTTLE_URL".to_string(),
+            "http://s".to_string(),
+        )];
+        let c = Config::from_yaml(SEED, env).unwrap();
+        assert_eq!(c.storage.estuary.unwrap().shuttle_url, "http://s");
+
+        let env = vec![("REGISTRY_HTTP_NOPE".to_string(), "1".to_string())];
+        let err = Config::from_yaml("", env).unwrap_err();
+        assert!(err.to_string().contains("REGISTRY_HTTP_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_go_style() {
+        assert_eq!(GoDuration::parse("10s").unwrap().0, Duration::from_secs(10));
+        assert_eq!(GoDuration::parse("1h30m").unwrap().0, Duration::from_secs(5400));
+        assert_eq!(GoDuration::parse("500ms").unwrap().0, Duration::from_millis(500));
+        assert_eq!(GoDuration::parse("17m0s").unwrap().0, Duration::from_secs(1020));
+        assert!(GoDuration::parse("10 parsecs").is_err());
+        assert!(GoDuration::parse("").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(Config::from_yaml("http:\n  addr: nonsense\n", no_env()).is_err());
+        assert!(Config::from_yaml("log:\n  formatter: xml\n", no_env()).is_err());
+        assert!(Config::from_yaml("storage:\n  delete:\n    enabled: maybe\n", no_env()).is_err());
+        assert!(Config::from_yaml(": : :\n  - [", no_env()).is_err());
+    }
+}

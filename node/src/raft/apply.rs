@@ -1,0 +1,225 @@
+//! Applying one [`Command`] to the state machine's tables: the deterministic heart of IPCR.
+//!
+//! Given the same tables and the same command, every node makes the same change and gives the
+//! same answer. Checks that guard against races (a manifest whose blob was unlinked between
+//! validation and commit, a chunk that no longer starts at the session's end) are made here,
+//! inside the write transaction, so they cannot be raced.
+
+use std::io;
+
+use ipcr_proto::{
+    BlobRecord, ChunkRecord, Command, CommandResult, Digest, ManifestRecord, Reject, RepoName, UploadRecord,
+};
+use redb::{ReadableTable, WriteTransaction};
+
+use super::state::{
+    BLOBS, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UPLOADS, key, prefix_range,
+};
+use super::{decode, encode};
+
+fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::other(e)
+}
+
+/// Thin typed access to the tables inside one write transaction.
+struct Tx<'a>(&'a WriteTransaction);
+
+impl Tx<'_> {
+    fn get(&self, table: Table, k: &str) -> io::Result<Option<Vec<u8>>> {
+        let t = self.0.open_table(table).map_err(io_err)?;
+        Ok(t.get(k).map_err(io_err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn has(&self, table: Table, k: &str) -> io::Result<bool> {
+        Ok(self.get(table, k)?.is_some())
+    }
+
+    fn put(&self, table: Table, k: &str, v: &[u8]) -> io::Result<()> {
+        let mut t = self.0.open_table(table).map_err(io_err)?;
+        t.insert(k, v).map_err(io_err)?;
+        Ok(())
+    }
+
+    fn del(&self, table: Table, k: &str) -> io::Result<bool> {
+        let mut t = self.0.open_table(table).map_err(io_err)?;
+        Ok(t.remove(k).map_err(io_err)?.is_some())
+    }
+
+    fn record<T: serde::de::DeserializeOwned>(&self, table: Table, k: &str) -> io::Result<Option<T>> {
+        self.get(table, k)?.map(|b| decode(&b)).transpose()
+    }
+
+    fn put_record<T: serde::Serialize>(&self, table: Table, k: &str, v: &T) -> io::Result<()> {
+        self.put(table, k, &encode(v)?)
+    }
+
+    fn touch_repo(&self, repo: &RepoName) -> io::Result<()> {
+        self.put(REPOS, repo.as_str(), &[])
+    }
+
+    /// Whether `digest` is present in `repo` as a blob or as a manifest.
+    fn in_repo(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+        let k = key(&[repo.as_str(), &digest.to_string()]);
+        Ok(self.has(REPO_BLOBS, &k)? || self.has(REPO_MANIFESTS, &k)?)
+    }
+
+    fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64, nodes: &[u64]) -> io::Result<()> {
+        let d = digest.to_string();
+        let mut record = self.record::<BlobRecord>(BLOBS, &d)?.unwrap_or(BlobRecord {
+            size,
+            nodes: Vec::new(),
+        });
+        for n in nodes {
+            if !record.nodes.contains(n) {
+                record.nodes.push(*n);
+            }
+        }
+        record.nodes.sort_unstable();
+        self.put_record(BLOBS, &d, &record)?;
+        self.put(REPO_BLOBS, &key(&[repo.as_str(), &d]), &[])?;
+        self.touch_repo(repo)
+    }
+}
+
+/// Apply one command. `Err` is a storage fault (fatal for the node); refusals are `Ok`.
+pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandResult> {
+    let t = Tx(tx);
+    let rejected = |r| Ok(CommandResult::Rejected(r));
+    match cmd {
+        Command::PutManifest {
+            repo,
+            digest,
+            tags,
+            record,
+        } => {
+            for needed in record.blobs.iter().chain(&record.children) {
+                if !t.in_repo(repo, needed)? {
+                    return rejected(Reject::ManifestBlobUnknown(needed.clone()));
+                }
+            }
+            let d = digest.to_string();
+            t.put_record(MANIFESTS, &d, record)?;
+            t.put(REPO_MANIFESTS, &key(&[repo.as_str(), &d]), &[])?;
+            for tag in tags {
+                t.put(TAGS, &key(&[repo.as_str(), tag.as_str()]), d.as_bytes())?;
+            }
+            if let Some(subject) = &record.subject {
+                t.put(REFERRERS, &key(&[repo.as_str(), &subject.to_string(), &d]), &[])?;
+            }
+            t.touch_repo(repo)?;
+        }
+        Command::Untag { repo, tag } => {
+            if !t.del(TAGS, &key(&[repo.as_str(), tag.as_str()]))? {
+                return rejected(Reject::ManifestUnknown);
+            }
+        }
+        Command::DeleteManifest { repo, digest } => {
+            let d = digest.to_string();
+            if !t.del(REPO_MANIFESTS, &key(&[repo.as_str(), &d]))? {
+                return rejected(Reject::ManifestUnknown);
+            }
+            // Tags pointing at the manifest go with it.
+            let (lo, hi) = prefix_range(&[repo.as_str()]);
+            let mut tags = tx.open_table(TAGS).map_err(io_err)?;
+            tags.retain_in(lo.as_str()..hi.as_str(), |_, v| v != d.as_bytes())
+                .map_err(io_err)?;
+            drop(tags);
+            if let Some(m) = t.record::<ManifestRecord>(MANIFESTS, &d)?
+                && let Some(subject) = m.subject
+            {
+                t.del(REFERRERS, &key(&[repo.as_str(), &subject.to_string(), &d]))?;
+            }
+        }
+        Command::CommitBlob {
+            repo,
+            digest,
+            size,
+            nodes,
+        } => t.commit_blob(repo, digest, *size, nodes)?,
+        Command::LinkBlob { repo, digest } => {
+            if !t.has(BLOBS, &digest.to_string())? {
+                return rejected(Reject::BlobUnknown);
+            }
+            t.put(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]), &[])?;
+            t.touch_repo(repo)?;
+        }
+        Command::UnlinkBlob { repo, digest } => {
+            if !t.del(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]))? {
+                return rejected(Reject::BlobUnknown);
+            }
+        }
+        Command::StartUpload {
+            id,
+            repo,
+            algorithm,
+            now_ms,
+        } => {
+            let record = UploadRecord {
+                repo: repo.clone(),
+                size: 0,
+                algorithm: *algorithm,
+                hash: None,
+                chunks: Vec::new(),
+                started_ms: *now_ms,
+                updated_ms: *now_ms,
+            };
+            t.put_record(UPLOADS, id, &record)?;
+        }
+        Command::AppendChunk {
+            id,
+            offset,
+            len,
+            nodes,
+            hash,
+            now_ms,
+        } => {
+            let Some(mut u) = t.record::<UploadRecord>(UPLOADS, id)? else {
+                return rejected(Reject::UploadUnknown);
+            };
+            if *offset != u.size {
+                return rejected(Reject::RangeMismatch { size: u.size });
+            }
+            u.size += len;
+            u.hash = Some(hash.clone());
+            u.chunks.push(ChunkRecord {
+                offset: *offset,
+                len: *len,
+                nodes: nodes.clone(),
+            });
+            u.updated_ms = *now_ms;
+            t.put_record(UPLOADS, id, &u)?;
+        }
+        Command::FinishUpload {
+            id,
+            digest,
+            size,
+            nodes,
+        } => {
+            let Some(u) = t.record::<UploadRecord>(UPLOADS, id)? else {
+                return rejected(Reject::UploadUnknown);
+            };
+            t.commit_blob(&u.repo, digest, *size, nodes)?;
+            t.del(UPLOADS, id)?;
+        }
+        Command::CancelUpload { id } => {
+            if !t.del(UPLOADS, id)? {
+                return rejected(Reject::UploadUnknown);
+            }
+        }
+        Command::PurgeUploads { before_ms } => {
+            let mut uploads = tx.open_table(UPLOADS).map_err(io_err)?;
+            let mut stale = Vec::new();
+            for row in uploads.iter().map_err(io_err)? {
+                let (k, v) = row.map_err(io_err)?;
+                let u: UploadRecord = decode(v.value())?;
+                if u.updated_ms < *before_ms {
+                    stale.push(k.value().to_string());
+                }
+            }
+            for k in stale {
+                uploads.remove(k.as_str()).map_err(io_err)?;
+            }
+        }
+    }
+    Ok(CommandResult::Ok)
+}

@@ -1,0 +1,66 @@
+//! Raft: the type configuration, the durable log store, the state machine that holds all
+//! registry metadata, and the node's Raft member.
+//!
+//! Callers (`registry`, `upload`, `api` through them) change metadata only by proposing a
+//! [`Command`] through [`RaftNode::propose`], and read it through [`state::StateReader`] after
+//! a read barrier. Nothing here knows HTTP.
+
+mod apply;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod snapshot;
+pub mod state;
+pub mod state_machine;
+
+use ipcr_proto::{Command, CommandResult};
+use openraft::impls::BasicNode;
+
+pub use node::{RaftError, RaftNode};
+
+openraft::declare_raft_types!(
+    /// IPCR's Raft types: registry commands in, command results out, nodes addressed by their
+    /// cluster URL.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = BasicNode,
+);
+
+/// The openraft handle specialised to IPCR.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
+
+/// Version byte written before every encoded log entry, vote and snapshot, so that a future
+/// change of encoding is detected instead of misread.
+pub const FORMAT_V1: u8 = 1;
+
+/// bincode settings used for everything this module persists.
+pub(crate) fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encode a value with the format version prefix.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![FORMAT_V1];
+    let body = bincode::serde::encode_to_vec(value, bincode_config()).map_err(std::io::Error::other)?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decode a value written by [`encode`].
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, body)) => bincode::serde::decode_from_slice(body, bincode_config())
+            .map(|(v, _)| v)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Some((v, _)) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unknown format version {v}"),
+        )),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "empty record",
+        )),
+    }
+}

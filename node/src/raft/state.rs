@@ -1,0 +1,290 @@
+//! The state machine's tables and the read side used by `registry` and `upload`.
+//!
+//! Every table maps `&str` keys to bytes. Composite keys join their parts with `\0`, which no
+//! validated repository name, tag or digest can contain, so one repository's rows form a
+//! contiguous, correctly ordered range (`repo\0` .. `repo\x01`). Values are bincode records
+//! prefixed with the format version (`raft::encode`).
+//!
+//! Reads here see whatever the local state machine has applied; callers that need
+//! linearizable reads pass the node's read barrier first (`RaftNode::read_barrier`).
+
+use std::sync::Arc;
+
+use ipcr_proto::manifest::Descriptor;
+use ipcr_proto::{BlobRecord, Digest, ManifestRecord, RepoName, UploadRecord};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
+};
+
+use super::decode;
+
+/// A table of the state machine.
+pub(crate) type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// `last_applied` and `membership`.
+pub(crate) const META: Table = TableDefinition::new("sm_meta");
+/// Repositories that ever received content: `repo` → empty.
+pub(crate) const REPOS: Table = TableDefinition::new("repos");
+/// `repo\0tag` → digest string.
+pub(crate) const TAGS: Table = TableDefinition::new("tags");
+/// Manifest content, shared by every repository holding it: `digest` → `ManifestRecord`.
+pub(crate) const MANIFESTS: Table = TableDefinition::new("manifests");
+/// Which repositories hold which manifests: `repo\0digest` → empty.
+pub(crate) const REPO_MANIFESTS: Table = TableDefinition::new("repo_manifests");
+/// The blob index: `digest` → `BlobRecord`.
+pub(crate) const BLOBS: Table = TableDefinition::new("blobs");
+/// Which repositories may serve which blobs: `repo\0digest` → empty.
+pub(crate) const REPO_BLOBS: Table = TableDefinition::new("repo_blobs");
+/// `repo\0subject\0referrer` → empty.
+pub(crate) const REFERRERS: Table = TableDefinition::new("referrers");
+/// Open upload sessions: `id` → `UploadRecord`.
+pub(crate) const UPLOADS: Table = TableDefinition::new("uploads");
+
+/// Every data table (all but `META`), in snapshot order.
+pub(crate) const DATA_TABLES: [Table; 8] = [
+    REPOS,
+    TAGS,
+    MANIFESTS,
+    REPO_MANIFESTS,
+    BLOBS,
+    REPO_BLOBS,
+    REFERRERS,
+    UPLOADS,
+];
+
+pub(crate) const KEY_APPLIED: &str = "last_applied";
+pub(crate) const KEY_MEMBERSHIP: &str = "membership";
+
+/// Join key parts with `\0`.
+pub(crate) fn key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+/// The range of keys that start with `parts` followed by `\0`.
+pub(crate) fn prefix_range(parts: &[&str]) -> (String, String) {
+    let p = key(parts);
+    (format!("{p}\0"), format!("{p}\x01"))
+}
+
+/// Why a read failed: only storage faults, never "not found".
+#[derive(Debug, thiserror::Error)]
+#[error("metadata store: {0}")]
+pub struct StateError(String);
+
+impl StateError {
+    fn from<E: std::fmt::Display>(e: E) -> StateError {
+        StateError(e.to_string())
+    }
+}
+
+/// A page of names (tags or repositories) and whether more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The names, in byte order.
+    pub items: Vec<String>,
+    /// Whether at least one more name follows the last one.
+    pub more: bool,
+}
+
+/// Read access to the applied state. Cheap to clone.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<Database>,
+}
+
+impl StateReader {
+    pub(crate) fn new(db: Arc<Database>) -> StateReader {
+        StateReader { db }
+    }
+
+    fn tx(&self) -> Result<ReadTransaction, StateError> {
+        self.db.begin_read().map_err(StateError::from)
+    }
+
+    fn get(tx: &ReadTransaction, table: Table, k: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let t = tx.open_table(table).map_err(StateError::from)?;
+        Ok(t.get(k).map_err(StateError::from)?.map(|v| v.value().to_vec()))
+    }
+
+    fn has(tx: &ReadTransaction, table: Table, k: &str) -> Result<bool, StateError> {
+        let t = tx.open_table(table).map_err(StateError::from)?;
+        Ok(t.get(k).map_err(StateError::from)?.is_some())
+    }
+
+    fn record<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> Result<Option<T>, StateError> {
+        bytes.map(|b| decode(&b).map_err(StateError::from)).transpose()
+    }
+
+    /// Whether the repository ever received content.
+    pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, StateError> {
+        Self::has(&self.tx()?, REPOS, repo.as_str())
+    }
+
+    /// The digest a tag points to.
+    pub fn tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, StateError> {
+        let raw = Self::get(&self.tx()?, TAGS, &key(&[repo.as_str(), tag]))?;
+        Ok(raw
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok()))
+    }
+
+    /// A manifest held by the repository.
+    pub fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>, StateError> {
+        let tx = self.tx()?;
+        let d = digest.to_string();
+        if !Self::has(&tx, REPO_MANIFESTS, &key(&[repo.as_str(), &d]))? {
+            return Ok(None);
+        }
+        Self::record(Self::get(&tx, MANIFESTS, &d)?)
+    }
+
+    /// Resolve a tag and read its manifest in one consistent view.
+    pub fn tagged_manifest(
+        &self,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<(Digest, ManifestRecord)>, StateError> {
+        let tx = self.tx()?;
+        let Some(raw) = Self::get(&tx, TAGS, &key(&[repo.as_str(), tag]))? else {
+            return Ok(None);
+        };
+        let Some(digest) = String::from_utf8(raw).ok().and_then(|s| s.parse::<Digest>().ok()) else {
+            return Ok(None);
+        };
+        let record = Self::record(Self::get(&tx, MANIFESTS, &digest.to_string())?)?;
+        Ok(record.map(|r| (digest, r)))
+    }
+
+    /// A blob linked into the repository, with its index entry.
+    pub fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<BlobRecord>, StateError> {
+        let tx = self.tx()?;
+        let d = digest.to_string();
+        if !Self::has(&tx, REPO_BLOBS, &key(&[repo.as_str(), &d]))? {
+            return Ok(None);
+        }
+        Self::record(Self::get(&tx, BLOBS, &d)?)
+    }
+
+    /// A blob's index entry, whatever repository holds it.
+    pub fn blob_any(&self, digest: &Digest) -> Result<Option<BlobRecord>, StateError> {
+        Self::record(Self::get(&self.tx()?, BLOBS, &digest.to_string())?)
+    }
+
+    /// Up to `n` names from `table` under `prefix`, strictly after `last`.
+    fn page(
+        &self,
+        table: Table,
+        prefix: Option<&str>,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Page, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(table).map_err(StateError::from)?;
+        let (lo, hi) = match prefix {
+            Some(p) => prefix_range(&[p]),
+            None => (String::new(), String::from("\u{10FFFF}")),
+        };
+        let strip = |k: &str| -> String {
+            match prefix {
+                Some(_) => k.split('\0').nth(1).unwrap_or_default().to_string(),
+                None => k.to_string(),
+            }
+        };
+        let start = match (prefix, last) {
+            (Some(p), Some(l)) => key(&[p, l]),
+            (None, Some(l)) => l.to_string(),
+            (_, None) => lo.clone(),
+        };
+        let mut items = Vec::new();
+        let mut more = false;
+        for row in t.range(start.as_str()..hi.as_str()).map_err(StateError::from)? {
+            let (k, _) = row.map_err(StateError::from)?;
+            let name = strip(k.value());
+            if last.is_some_and(|l| name.as_str() <= l) {
+                continue;
+            }
+            if items.len() == n {
+                more = true;
+                break;
+            }
+            items.push(name);
+        }
+        Ok(Page { items, more })
+    }
+
+    /// Tags of a repository in byte order, after `last`, at most `n`.
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page, StateError> {
+        self.page(TAGS, Some(repo.as_str()), last, n)
+    }
+
+    /// Repositories in byte order, after `last`, at most `n`.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page, StateError> {
+        self.page(REPOS, None, last, n)
+    }
+
+    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<Descriptor>, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(REFERRERS).map_err(StateError::from)?;
+        let s = subject.to_string();
+        let (lo, hi) = prefix_range(&[repo.as_str(), &s]);
+        let mut out = Vec::new();
+        for row in t.range(lo.as_str()..hi.as_str()).map_err(StateError::from)? {
+            let (k, _) = row.map_err(StateError::from)?;
+            let Some(digest) = k
+                .value()
+                .rsplit('\0')
+                .next()
+                .and_then(|d| d.parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            let Some(m) = Self::record::<ManifestRecord>(Self::get(&tx, MANIFESTS, &digest.to_string())?)?
+            else {
+                continue;
+            };
+            out.push(Descriptor {
+                media_type: m.media_type,
+                size: m.bytes.len() as u64,
+                digest,
+                urls: None,
+                annotations: (!m.annotations.is_empty()).then_some(m.annotations),
+                artifact_type: m.artifact_type,
+                platform: None,
+            });
+        }
+        Ok(out)
+    }
+
+    /// An open upload session.
+    pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StateError> {
+        Self::record(Self::get(&self.tx()?, UPLOADS, id)?)
+    }
+
+    /// Every open upload session.
+    pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(UPLOADS).map_err(StateError::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StateError::from)? {
+            let (k, v) = row.map_err(StateError::from)?;
+            out.push((
+                k.value().to_string(),
+                decode(v.value()).map_err(StateError::from)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Number of rows in each data table, for status output.
+    pub fn counts(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let tx = self.tx()?;
+        let mut out = Vec::new();
+        for table in DATA_TABLES {
+            let t = tx.open_table(table).map_err(StateError::from)?;
+            out.push((table.name().to_string(), t.len().map_err(StateError::from)?));
+        }
+        Ok(out)
+    }
+}

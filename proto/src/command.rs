@@ -1,0 +1,299 @@
+//! Raft commands, the only way registry metadata changes, and their results.
+//!
+//! Every command is applied by the deterministic state machine in `node::raft`; anything that
+//! varies between nodes (clocks, random ids, which nodes hold bytes) is decided by the node that
+//! proposes the command and carried inside it. Types stay simple (no untagged or flattened
+//! serde) because the log encodes them with bincode.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Algorithm, Digest};
+use crate::hash_state::HashState;
+use crate::names::{RepoName, Tag};
+
+/// Raft node identifier. Never reused.
+pub type NodeId = u64;
+
+/// A manifest as the state machine records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// The media type it was pushed with; served back as Content-Type.
+    pub media_type: String,
+    /// The exact bytes pushed.
+    pub bytes: Vec<u8>,
+    /// Blobs it references (must stay linked while the manifest exists).
+    pub blobs: Vec<Digest>,
+    /// Child manifests (index entries).
+    pub children: Vec<Digest>,
+    /// The manifest it refers to, if any.
+    pub subject: Option<Digest>,
+    /// Artifact type shown in the referrers index.
+    pub artifact_type: Option<String>,
+    /// Top-level annotations shown in the referrers index.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A blob's entry in the replicated blob index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// Nodes whose disks hold the verified bytes.
+    pub nodes: Vec<NodeId>,
+}
+
+/// One chunk of an upload session, as acknowledged to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Offset of the chunk's first byte in the upload.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Nodes holding the chunk's bytes, fsynced.
+    pub nodes: Vec<NodeId>,
+}
+
+/// An open upload session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// Repository the blob is being pushed to.
+    pub repo: RepoName,
+    /// Bytes acknowledged so far.
+    pub size: u64,
+    /// The algorithm the session hashes with.
+    pub algorithm: Algorithm,
+    /// Hash midstate after `size` bytes (none before the first chunk).
+    pub hash: Option<HashState>,
+    /// The acknowledged chunks, in order.
+    pub chunks: Vec<ChunkRecord>,
+    /// When the session started (ms since the Unix epoch, proposer's clock).
+    pub started_ms: u64,
+    /// When the session last changed (ms since the Unix epoch, proposer's clock).
+    pub updated_ms: u64,
+}
+
+/// A mutation of registry metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Store a manifest in a repository, pointing the given tags at it.
+    PutManifest {
+        /// Target repository.
+        repo: RepoName,
+        /// Digest of `record.bytes`.
+        digest: Digest,
+        /// Tags to point at it (the tag it was pushed by, or `?tag=` parameters).
+        tags: Vec<Tag>,
+        /// The manifest.
+        record: ManifestRecord,
+    },
+    /// Remove a tag (the manifest stays).
+    Untag {
+        /// Repository.
+        repo: RepoName,
+        /// Tag to remove.
+        tag: Tag,
+    },
+    /// Remove a manifest from a repository, with every tag pointing at it.
+    DeleteManifest {
+        /// Repository.
+        repo: RepoName,
+        /// The manifest's digest.
+        digest: Digest,
+    },
+    /// Record verified bytes in the blob index and link them into a repository.
+    CommitBlob {
+        /// Repository the blob was pushed to.
+        repo: RepoName,
+        /// Its digest.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// Nodes holding it.
+        nodes: Vec<NodeId>,
+    },
+    /// Link an already committed blob into another repository (cross-repository mount).
+    LinkBlob {
+        /// Repository to link into.
+        repo: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Unlink a blob from a repository (`DELETE /v2/<name>/blobs/<digest>`).
+    UnlinkBlob {
+        /// Repository.
+        repo: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Open an upload session.
+    StartUpload {
+        /// Session id (a UUID).
+        id: String,
+        /// Target repository.
+        repo: RepoName,
+        /// The algorithm the session hashes with (`?digest-algorithm=`, default sha256).
+        algorithm: Algorithm,
+        /// Proposer's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Record a chunk written and fsynced by its holders.
+    AppendChunk {
+        /// Session id.
+        id: String,
+        /// Must equal the session's current size.
+        offset: u64,
+        /// Chunk length.
+        len: u64,
+        /// Nodes holding it.
+        nodes: Vec<NodeId>,
+        /// Hash midstate after the chunk.
+        hash: HashState,
+        /// Proposer's clock.
+        now_ms: u64,
+    },
+    /// Close a session: commit its blob, link it to the session's repository, drop the session.
+    FinishUpload {
+        /// Session id.
+        id: String,
+        /// Verified digest.
+        digest: Digest,
+        /// Final size.
+        size: u64,
+        /// Nodes holding the assembled blob.
+        nodes: Vec<NodeId>,
+    },
+    /// Cancel a session.
+    CancelUpload {
+        /// Session id.
+        id: String,
+    },
+    /// Drop sessions not updated since `before_ms` (distribution's upload purging).
+    PurgeUploads {
+        /// Cut-off, ms since the epoch.
+        before_ms: u64,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::PutManifest {
+                repo, digest, tags, ..
+            } => {
+                write!(f, "PutManifest({repo}@{digest}")?;
+                for t in tags {
+                    write!(f, " :{t}")?;
+                }
+                write!(f, ")")
+            }
+            Command::Untag { repo, tag } => write!(f, "Untag({repo}:{tag})"),
+            Command::DeleteManifest { repo, digest } => write!(f, "DeleteManifest({repo}@{digest})"),
+            Command::CommitBlob {
+                repo, digest, size, ..
+            } => write!(f, "CommitBlob({repo}, {digest}, {size})"),
+            Command::LinkBlob { repo, digest } => write!(f, "LinkBlob({repo}, {digest})"),
+            Command::UnlinkBlob { repo, digest } => write!(f, "UnlinkBlob({repo}, {digest})"),
+            Command::StartUpload { id, repo, .. } => write!(f, "StartUpload({id}, {repo})"),
+            Command::AppendChunk { id, offset, len, .. } => write!(f, "AppendChunk({id}, {offset}+{len})"),
+            Command::FinishUpload { id, digest, .. } => write!(f, "FinishUpload({id}, {digest})"),
+            Command::CancelUpload { id } => write!(f, "CancelUpload({id})"),
+            Command::PurgeUploads { before_ms } => write!(f, "PurgeUploads(<{before_ms})"),
+        }
+    }
+}
+
+/// Why the state machine refused a command. Refusals are deterministic: every node refuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Reject {
+    /// A manifest references a blob or child manifest not present in the repository.
+    #[error("manifest references unknown {0}")]
+    ManifestBlobUnknown(Digest),
+    /// The manifest or tag does not exist in the repository.
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    /// The blob is not linked in the repository (or not committed at all).
+    #[error("blob unknown")]
+    BlobUnknown,
+    /// The upload session does not exist (finished, cancelled, purged, or never started).
+    #[error("upload unknown")]
+    UploadUnknown,
+    /// A chunk does not start where the session ends.
+    #[error("chunk does not start at the upload's end ({size})")]
+    RangeMismatch {
+        /// The session's current size.
+        size: u64,
+    },
+}
+
+/// The state machine's answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied (or a no-op that needs no change, such as a repeated link).
+    Ok,
+    /// Refused; nothing changed.
+    Rejected(Reject),
+}
+
+impl CommandResult {
+    /// Turn the answer into a `Result`.
+    pub fn into_result(self) -> Result<(), Reject> {
+        match self {
+            CommandResult::Ok => Ok(()),
+            CommandResult::Rejected(r) => Err(r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_roundtrip_through_bincode() {
+        let cfg = bincode::config::standard();
+        let digest: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            .parse()
+            .unwrap();
+        let cmds = vec![
+            Command::PutManifest {
+                repo: "a/b".parse().unwrap(),
+                digest: digest.clone(),
+                tags: vec!["v1".parse().unwrap()],
+                record: ManifestRecord {
+                    media_type: "x".into(),
+                    bytes: b"{}".to_vec(),
+                    blobs: vec![digest.clone()],
+                    children: vec![],
+                    subject: None,
+                    artifact_type: Some("t".into()),
+                    annotations: [("k".to_string(), "v".to_string())].into(),
+                },
+            },
+            Command::AppendChunk {
+                id: "u".into(),
+                offset: 1,
+                len: 2,
+                nodes: vec![1, 2],
+                hash: HashState {
+                    version: 1,
+                    algorithm: crate::Algorithm::Sha512,
+                    bytes: vec![0; 104],
+                },
+                now_ms: 5,
+            },
+            Command::PurgeUploads { before_ms: 9 },
+        ];
+        for cmd in cmds {
+            let bytes = bincode::serde::encode_to_vec(&cmd, cfg).unwrap();
+            let (back, _): (Command, _) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+            assert_eq!(back, cmd);
+        }
+        let r = CommandResult::Rejected(Reject::RangeMismatch { size: 3 });
+        let bytes = bincode::serde::encode_to_vec(&r, cfg).unwrap();
+        let (back, _): (CommandResult, _) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        assert_eq!(back, r);
+    }
+}
