@@ -2,7 +2,14 @@
 //! stores, in one library that `main.rs` wires into the `ipcr-node` binary.
 //!
 //! Calls go `api` → `registry` / `upload` → `raft` / `store`, never upward. Only `api` knows
-//! HTTP.
+//! HTTP; `server` wires the pieces together.
 
+pub mod api;
 pub mod config;
+pub mod health;
+pub mod logging;
 pub mod raft;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod upload;

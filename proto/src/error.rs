@@ -40,6 +40,8 @@ pub enum ErrorCode {
     TooManyRequests,
     /// The registry cannot serve the request right now (no quorum, store unavailable).
     Unavailable,
+    /// An internal failure (distribution's code for 500s).
+    Unknown,
 }
 
 impl ErrorCode {
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "the operation is unsupported",
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::Unavailable => "service unavailable",
+            ErrorCode::Unknown => "unknown error",
         }
     }
 }

@@ -1,0 +1,137 @@
+//! The OCI Distribution API over HTTP: the only module that knows HTTP.
+//!
+//! Every request under `/v2` goes through [`dispatch`]: the router turns it into a typed
+//! [`router::Endpoint`] and a handler named after the OCI operation extracts what it needs,
+//! calls `registry` or `upload`, and builds the response. This single entry point is where
+//! authorization will be added.
+
+pub mod body;
+pub mod error;
+pub mod router;
+
+mod blobs;
+mod listing;
+mod manifests;
+mod ops;
+mod uploads;
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::{DefaultHeaders, Next};
+use actix_web::{HttpRequest, HttpResponse, web};
+use tracing::Instrument;
+
+use crate::health::Health;
+use crate::registry::Registry;
+use error::ApiError;
+use router::Endpoint;
+
+/// Everything handlers share.
+pub struct ApiState {
+    /// The registry service.
+    pub registry: Registry,
+    /// Backend health, for `/debug/health`.
+    pub health: Health,
+}
+
+/// Response settings from the configuration.
+#[derive(Clone, Default)]
+pub struct HttpSettings {
+    /// `http.headers`: added to every response.
+    pub headers: Vec<(String, String)>,
+    /// Log one line per request.
+    pub access_log: bool,
+}
+
+/// Register the API on an actix-web app.
+pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
+    cfg.app_data(state)
+        .route("/debug/health", web::get().to(ops::health))
+        .route("/ready", web::get().to(ops::ready))
+        .default_service(web::to(dispatch));
+}
+
+/// Headers every response carries: the API version and `http.headers`.
+pub fn default_headers(settings: &HttpSettings) -> DefaultHeaders {
+    let mut headers = DefaultHeaders::new().add(("Docker-Distribution-API-Version", "registry/2.0"));
+    for (name, value) in &settings.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+            headers = headers.add((n, v));
+        }
+    }
+    headers
+}
+
+/// A span per request, and an access log line unless disabled.
+pub async fn request_span(
+    access_log: bool,
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("request", id = %&id[..12], method = %req.method(), path = %req.path());
+    let started = Instant::now();
+    let res = next.call(req).instrument(span.clone()).await;
+    if access_log {
+        let _enter = span.enter();
+        match &res {
+            Ok(r) => tracing::info!(
+                status = r.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "served"
+            ),
+            Err(e) => tracing::info!(error = %e, "failed"),
+        }
+    }
+    res
+}
+
+/// The single entry point of `/v2`.
+pub async fn dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = router::route(req.method(), req.path(), req.query_string())?;
+    let reg = &state.registry;
+    match endpoint {
+        Endpoint::Base => Ok(HttpResponse::Ok().content_type("application/json").body("{}")),
+        Endpoint::Catalog { n, last } => listing::get_catalog(reg, n, last).await,
+        Endpoint::ListTags { repo, n, last } => listing::list_tags(reg, repo, n, last).await,
+        Endpoint::Referrers {
+            repo,
+            subject,
+            artifact_type,
+        } => listing::get_referrers(reg, repo, subject, artifact_type).await,
+        Endpoint::GetManifest {
+            repo,
+            reference,
+            head,
+        } => manifests::get_manifest(&req, reg, repo, reference, head).await,
+        Endpoint::PutManifest {
+            repo,
+            reference,
+            tags,
+        } => manifests::put_manifest(&req, payload, reg, repo, reference, tags).await,
+        Endpoint::DeleteManifest { repo, reference } => {
+            manifests::delete_manifest(reg, repo, reference).await
+        }
+        Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(&req, reg, repo, digest, head).await,
+        Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(reg, repo, digest).await,
+        Endpoint::StartUpload {
+            repo,
+            digest,
+            mount,
+            algorithm,
+        } => uploads::start_upload(&req, payload, reg, repo, digest, mount, algorithm).await,
+        Endpoint::PatchUpload { repo, id } => uploads::patch_upload(&req, payload, reg, repo, id).await,
+        Endpoint::PutUpload { repo, id, digest } => {
+            uploads::put_upload(&req, payload, reg, repo, id, digest).await
+        }
+        Endpoint::GetUpload { repo, id } => uploads::get_upload(reg, repo, id).await,
+        Endpoint::DeleteUpload { repo, id } => uploads::delete_upload(reg, repo, id).await,
+    }
+}

@@ -1,0 +1,271 @@
+//! The registry's rules: what a manifest push must satisfy, how tags, referrers, mounts and
+//! deletes behave, and which reads need the read barrier.
+//!
+//! Called by `api` handlers; calls `raft` (commands and reads), `upload` and `store`. Knows no
+//! HTTP: failures are [`RegistryError`]s that `api/error.rs` maps to OCI codes.
+
+pub mod error;
+
+use bytes::Bytes;
+use ipcr_proto::manifest::{Descriptor, MAX_MANIFEST_SIZE, parse_manifest};
+use ipcr_proto::{
+    BlobRecord, Command, CommandResult, Digest, ManifestRecord, Reference, Reject, RepoName, Tag,
+};
+
+pub use error::RegistryError;
+
+use crate::raft::RaftNode;
+use crate::raft::state::Page;
+use crate::store::{BlobStream, FsStore};
+use crate::upload::Uploads;
+
+/// The registry service shared by all handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    raft: RaftNode,
+    store: FsStore,
+    uploads: Uploads,
+    delete_enabled: bool,
+}
+
+/// A stored manifest as served.
+#[derive(Debug, Clone)]
+pub struct ServedManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type and bytes.
+    pub record: ManifestRecord,
+}
+
+/// A manifest push's outcome.
+#[derive(Debug, Clone)]
+pub struct PushedManifest {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its `subject`, when it has one.
+    pub subject: Option<Digest>,
+    /// The tags now pointing at it.
+    pub tags: Vec<Tag>,
+}
+
+impl Registry {
+    /// Assemble the service.
+    pub fn new(raft: RaftNode, store: FsStore, uploads: Uploads, delete_enabled: bool) -> Registry {
+        Registry {
+            raft,
+            store,
+            uploads,
+            delete_enabled,
+        }
+    }
+
+    /// The upload service.
+    pub fn uploads(&self) -> &Uploads {
+        &self.uploads
+    }
+
+    /// The Raft member.
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    /// A missing item is `NAME_UNKNOWN` when its whole repository is unknown.
+    fn unknown(&self, repo: &RepoName, otherwise: RegistryError) -> RegistryError {
+        match self.raft.reader().repo_exists(repo) {
+            Ok(false) => RegistryError::NameUnknown,
+            _ => otherwise,
+        }
+    }
+
+    /// Fetch a manifest by tag or digest (linearizable).
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ServedManifest, RegistryError> {
+        self.raft.read_barrier().await?;
+        let reader = self.raft.reader();
+        let found = match reference {
+            Reference::Tag(tag) => reader.tagged_manifest(repo, tag.as_str())?,
+            Reference::Digest(d) => reader.manifest(repo, d)?.map(|r| (d.clone(), r)),
+        };
+        found
+            .map(|(digest, record)| ServedManifest { digest, record })
+            .ok_or_else(|| self.unknown(repo, RegistryError::ManifestUnknown))
+    }
+
+    /// Store a manifest pushed by tag or digest, with extra tags from `?tag=`.
+    pub async fn put_manifest(
+        &self,
+        repo: RepoName,
+        reference: Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+        extra_tags: Vec<Tag>,
+    ) -> Result<PushedManifest, RegistryError> {
+        if body.len() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::ManifestTooLarge);
+        }
+        let info = parse_manifest(content_type, &body)?;
+        let (digest, mut tags) = match reference {
+            Reference::Digest(claimed) => {
+                let actual = claimed.algorithm().digest_bytes(&body);
+                if actual != claimed {
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest hashes to {actual}, not {claimed}"
+                    )));
+                }
+                (claimed, Vec::new())
+            }
+            Reference::Tag(tag) => (ipcr_proto::Algorithm::Sha256.digest_bytes(&body), vec![tag]),
+        };
+        for t in extra_tags {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        let record = ManifestRecord {
+            media_type: info.media_type,
+            bytes: body.to_vec(),
+            blobs: info.blobs,
+            children: info.children,
+            subject: info.subject.clone(),
+            artifact_type: info.artifact_type,
+            annotations: info.annotations.unwrap_or_default(),
+        };
+        let cmd = Command::PutManifest {
+            repo,
+            digest: digest.clone(),
+            tags: tags.clone(),
+            record,
+        };
+        match self.raft.propose(cmd).await? {
+            CommandResult::Ok => Ok(PushedManifest {
+                digest,
+                subject: info.subject,
+                tags,
+            }),
+            CommandResult::Rejected(Reject::ManifestBlobUnknown(d)) => {
+                Err(RegistryError::ManifestBlobUnknown(d))
+            }
+            CommandResult::Rejected(r) => Err(RegistryError::Internal(r.to_string())),
+        }
+    }
+
+    fn check_delete(&self) -> Result<(), RegistryError> {
+        if self.delete_enabled {
+            Ok(())
+        } else {
+            Err(RegistryError::DeleteDisabled)
+        }
+    }
+
+    /// Delete a tag, or a manifest with every tag pointing at it.
+    pub async fn delete_manifest(&self, repo: RepoName, reference: Reference) -> Result<(), RegistryError> {
+        self.check_delete()?;
+        let cmd = match reference {
+            Reference::Tag(tag) => Command::Untag {
+                repo: repo.clone(),
+                tag,
+            },
+            Reference::Digest(digest) => Command::DeleteManifest {
+                repo: repo.clone(),
+                digest,
+            },
+        };
+        match self.raft.propose(cmd).await? {
+            CommandResult::Ok => Ok(()),
+            CommandResult::Rejected(_) => Err(self.unknown(&repo, RegistryError::ManifestUnknown)),
+        }
+    }
+
+    /// A page of a repository's tags (linearizable).
+    pub async fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
+        self.raft.read_barrier().await?;
+        if !self.raft.reader().repo_exists(repo)? {
+            return Err(RegistryError::NameUnknown);
+        }
+        Ok(self.raft.reader().tags(repo, last, n)?)
+    }
+
+    /// A page of the catalog (linearizable).
+    pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
+        self.raft.read_barrier().await?;
+        Ok(self.raft.reader().catalog(last, n)?)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, RegistryError> {
+        self.raft.read_barrier().await?;
+        let mut all = self.raft.reader().referrers(repo, subject)?;
+        if let Some(t) = artifact_type {
+            all.retain(|d| d.artifact_type.as_deref() == Some(t));
+        }
+        Ok(all)
+    }
+
+    /// A blob linked into `repo` (linearizable), ready to be read from this node's disk.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord, RegistryError> {
+        self.raft.read_barrier().await?;
+        let record = self
+            .raft
+            .reader()
+            .blob(repo, digest)?
+            .ok_or_else(|| self.unknown(repo, RegistryError::BlobUnknown))?;
+        match self.store.stat(digest)? {
+            Some(size) if size == record.size => Ok(record),
+            Some(size) => Err(RegistryError::Internal(format!(
+                "{digest} is {size} bytes on disk but {} in the index",
+                record.size
+            ))),
+            None => Err(RegistryError::Internal(format!(
+                "{digest} is indexed but not on this node's disk"
+            ))),
+        }
+    }
+
+    /// Stream `len` bytes of a blob from `start`.
+    pub fn read_blob(&self, digest: &Digest, start: u64, len: u64) -> Result<BlobStream, RegistryError> {
+        Ok(self.store.read_range(digest, start, len)?)
+    }
+
+    /// Unlink a blob from a repository.
+    pub async fn delete_blob(&self, repo: RepoName, digest: Digest) -> Result<(), RegistryError> {
+        self.check_delete()?;
+        match self
+            .raft
+            .propose(Command::UnlinkBlob {
+                repo: repo.clone(),
+                digest,
+            })
+            .await?
+        {
+            CommandResult::Ok => Ok(()),
+            CommandResult::Rejected(_) => Err(self.unknown(&repo, RegistryError::BlobUnknown)),
+        }
+    }
+
+    /// Mount a blob from `from` into `repo`. `false` when `from` does not hold it (the client
+    /// then uploads normally).
+    pub async fn mount(
+        &self,
+        repo: RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<bool, RegistryError> {
+        self.raft.read_barrier().await?;
+        if self.raft.reader().blob(from, digest)?.is_none() || self.store.stat(digest)?.is_none() {
+            return Ok(false);
+        }
+        let cmd = Command::LinkBlob {
+            repo,
+            digest: digest.clone(),
+        };
+        Ok(self.raft.propose(cmd).await? == CommandResult::Ok)
+    }
+}

@@ -1,0 +1,154 @@
+//! Wiring a node together (data directory, identity, Raft member, stores, services) and
+//! running its HTTP server and background jobs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use actix::ArbiterHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use ipcr_proto::NodeId;
+use rand::Rng;
+use tokio::runtime::Handle;
+
+use crate::api::{self, ApiState, HttpSettings};
+use crate::config::Config;
+use crate::health::{self, Health};
+use crate::raft::RaftNode;
+use crate::registry::Registry;
+use crate::store::FsStore;
+use crate::upload::Uploads;
+
+/// The node's services, ready to serve.
+#[derive(Clone)]
+pub struct NodeParts {
+    /// The Raft member.
+    pub raft: RaftNode,
+    /// The registry service.
+    pub registry: Registry,
+    /// Backend health.
+    pub health: Health,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+/// This node's Raft id: from the configuration, else from `<data>/node-id`, else a new random
+/// id written there (ids are never reused, so a wiped node comes back as a new member).
+pub fn node_id(config: &Config, data_dir: &Path) -> io::Result<NodeId> {
+    let file = data_dir.join("node-id");
+    if let Some(id) = config.cluster.id {
+        return Ok(id);
+    }
+    match std::fs::read_to_string(&file) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a node id", file.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = rand::rng().random_range(1..(1u64 << 53));
+            let tmp = data_dir.join("node-id.tmp");
+            std::fs::write(&tmp, format!("{id}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+            crate::store::fs::sync_dir(data_dir)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Open the data directory and start the node's services. Raft runs on `raft_rt`; upload
+/// session actors on `arbiter`.
+pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> io::Result<NodeParts> {
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir)?;
+    let id = node_id(config, &data_dir)?;
+    let store = FsStore::open(&data_dir)?;
+    let advertise = format!("http://{}", config.http.socket_addr().map_err(io::Error::other)?);
+    let raft = RaftNode::start(id, advertise, &data_dir, &config.cluster, raft_rt).await?;
+    let uploads = Uploads::new(raft.clone(), store.clone(), arbiter);
+    let registry = Registry::new(raft.clone(), store, uploads, config.storage.delete.enabled);
+    let driver = if config.storage.estuary.is_some() {
+        "estuary"
+    } else {
+        "filesystem"
+    };
+    let health = Health::new(driver, config.health.storagedriver.threshold);
+    tracing::info!(node = id, data = %data_dir.display(), "node started");
+    Ok(NodeParts {
+        raft,
+        registry,
+        health,
+        data_dir,
+    })
+}
+
+/// Purge abandoned upload sessions every `interval` (`storage.maintenance.uploadpurging`).
+fn spawn_purger(registry: Registry, config: &Config) {
+    let p = config.storage.maintenance.uploadpurging.clone();
+    if !p.enabled {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(p.interval.0.max(Duration::from_secs(1))).await;
+            match registry.uploads().purge(p.age.0, p.dryrun).await {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "purged abandoned uploads"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "upload purge failed"),
+            }
+        }
+    });
+}
+
+/// Run a node until the HTTP server stops (SIGINT/SIGTERM). Must be called inside an actix
+/// `System`.
+pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
+    if config.storage.estuary.is_some() {
+        tracing::warn!(
+            "storage.estuary is configured: blobs are stored on this node's disk under \
+             storage.estuary.rootdirectory; pinning to Estuary is not performed by this version"
+        );
+    }
+    let arbiter = actix::Arbiter::new().handle();
+    let parts = start(&config, raft_rt.clone(), arbiter).await?;
+    {
+        let _guard = raft_rt.enter();
+        health::spawn_probe(
+            parts.health.clone(),
+            parts.data_dir.clone(),
+            &config.health.storagedriver,
+        );
+    }
+    spawn_purger(parts.registry.clone(), &config);
+    let state = web::Data::new(ApiState {
+        registry: parts.registry.clone(),
+        health: parts.health.clone(),
+    });
+    let settings = HttpSettings {
+        headers: config
+            .http
+            .headers
+            .iter()
+            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+            .collect(),
+        access_log: !config.log.accesslog.disabled,
+    };
+    let addr = config.http.socket_addr().map_err(io::Error::other)?;
+    let server = HttpServer::new(move || {
+        let access_log = settings.access_log;
+        App::new()
+            .wrap(api::default_headers(&settings))
+            .wrap(from_fn(move |req, next| api::request_span(access_log, req, next)))
+            .configure(|cfg| api::configure(cfg, state.clone()))
+    })
+    .bind(addr)?
+    .run();
+    tracing::info!(%addr, "listening");
+    let result = server.await;
+    parts.raft.shutdown().await;
+    result
+}

@@ -1,0 +1,211 @@
+//! The node's content-addressed blob store on its own disk.
+//!
+//! Layout under the data directory:
+//! - `blobs/<algorithm>/<first two hex>/<hex>`: verified blobs, immutable;
+//! - `uploads/<session id>`: the bytes of an open upload session on this node;
+//! - `uploads/tmp-<uuid>`: a monolithic push being received.
+//!
+//! A blob becomes visible only by a hard link from a fully written, fsynced and verified file,
+//! followed by an fsync of its directory, so a reader never sees a partial blob and a crash
+//! never leaves one behind under a digest's name.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use ipcr_proto::Digest;
+use tokio::sync::mpsc;
+
+/// Size of each read when streaming a blob out.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks buffered between the reading thread and the response.
+const READ_AHEAD: usize = 4;
+
+/// The node's local blob store.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    blobs: PathBuf,
+    uploads: PathBuf,
+}
+
+/// fsync a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl FsStore {
+    /// Use (and create) the store under `data_dir`.
+    pub fn open(data_dir: &Path) -> io::Result<FsStore> {
+        let store = FsStore {
+            blobs: data_dir.join("blobs"),
+            uploads: data_dir.join("uploads"),
+        };
+        fs::create_dir_all(&store.blobs)?;
+        fs::create_dir_all(&store.uploads)?;
+        Ok(store)
+    }
+
+    /// Where a verified blob lives. Digests are validated hex, so this stays inside the store.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs
+            .join(digest.algorithm().name())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// The file holding an upload session's bytes on this node. Session ids are UUIDs we
+    /// generated and validated, so this stays inside the store.
+    pub fn upload_path(&self, id: &str) -> PathBuf {
+        self.uploads.join(id)
+    }
+
+    /// A fresh temporary file path for a monolithic push.
+    pub fn temp_path(&self) -> PathBuf {
+        self.uploads.join(format!("tmp-{}", uuid::Uuid::new_v4()))
+    }
+
+    /// The upload directory (for the purger).
+    pub fn uploads_dir(&self) -> &Path {
+        &self.uploads
+    }
+
+    /// Size of a stored blob, if this node has it.
+    pub fn stat(&self, digest: &Digest) -> io::Result<Option<u64>> {
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make the fully written, fsynced and verified file at `src` visible as `digest`.
+    /// `src` stays in place (the caller removes it once the commit is replicated).
+    pub fn commit(&self, src: &Path, digest: &Digest) -> io::Result<()> {
+        let dest = self.blob_path(digest);
+        let dir = dest.parent().expect("blob path has a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            sync_dir(dir.parent().expect("algorithm dir"))?;
+            sync_dir(&self.blobs)?;
+        }
+        match fs::hard_link(src, &dest) {
+            Ok(()) => {}
+            // Same digest, same bytes: someone committed it first.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        sync_dir(dir)
+    }
+
+    /// Stream `len` bytes of a blob from `start`, read on the blocking pool.
+    pub fn read_range(&self, digest: &Digest, start: u64, len: u64) -> io::Result<BlobStream> {
+        let mut file = File::open(self.blob_path(digest))?;
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut left = len;
+            if let Err(e) = file.seek(SeekFrom::Start(start)) {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            while left > 0 {
+                let want = left.min(READ_CHUNK as u64) as usize;
+                let mut buf = BytesMut::zeroed(want);
+                match read_full(&mut file, &mut buf) {
+                    Ok(0) => {
+                        let _ = tx.blocking_send(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "blob shorter than its index entry",
+                        )));
+                        return;
+                    }
+                    Ok(n) => {
+                        buf.truncate(n);
+                        left -= n as u64;
+                        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(BlobStream { rx })
+    }
+
+    /// Remove a file of the uploads directory, ignoring absence.
+    pub fn remove_file(path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The bytes of a blob, streamed from the blocking pool.
+pub struct BlobStream {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+}
+
+impl futures::Stream for BlobStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_then_read_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = ipcr_proto::Algorithm::Sha256.digest_bytes(&data);
+        assert_eq!(store.stat(&digest).unwrap(), None);
+        let tmp = store.temp_path();
+        fs::write(&tmp, &data).unwrap();
+        store.commit(&tmp, &digest).unwrap();
+        store.commit(&tmp, &digest).unwrap(); // idempotent
+        assert_eq!(store.stat(&digest).unwrap(), Some(data.len() as u64));
+        for (start, len) in [(0u64, data.len() as u64), (5, 10), (1_048_570, 1_048_600)] {
+            let mut s = store.read_range(&digest, start, len).unwrap();
+            let mut got = Vec::new();
+            while let Some(chunk) = s.next().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            assert_eq!(got, &data[start as usize..(start + len) as usize]);
+        }
+        let mut s = store.read_range(&digest, 10, data.len() as u64).unwrap();
+        let mut saw_error = false;
+        while let Some(chunk) = s.next().await {
+            saw_error |= chunk.is_err();
+        }
+        assert!(saw_error, "reading past the end must fail, not truncate silently");
+    }
+}

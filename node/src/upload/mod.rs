@@ -1,0 +1,290 @@
+//! Blob uploads: sessions (one actix actor each), monolithic pushes, and purging of abandoned
+//! sessions.
+//!
+//! Called by `api` (through thin handlers) and by the purge timer; calls `raft` to record
+//! every acknowledged chunk and `store` to make verified blobs visible.
+
+pub mod hasher;
+pub mod session;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix::{Actor, Addr, ArbiterHandle, MailboxError};
+use ipcr_proto::{Algorithm, Command, CommandResult, Digest, RepoName};
+
+use crate::raft::{RaftError, RaftNode};
+use crate::store::FsStore;
+use hasher::ResumableHasher;
+use session::{Cancel, ChunkInfo, Finish, Status, UploadSession, Write};
+use writer::Body;
+
+/// Why an upload request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// No such session in this repository.
+    #[error("upload unknown")]
+    Unknown,
+    /// The chunk does not start at the session's current end.
+    #[error("chunk out of order; upload is at {size}")]
+    RangeMismatch {
+        /// The session's current size.
+        size: u64,
+    },
+    /// The body's length disagrees with its headers.
+    #[error("{0}")]
+    SizeInvalid(String),
+    /// The content does not hash to the claimed digest.
+    #[error("digest mismatch: {0}")]
+    DigestInvalid(String),
+    /// The client's body stream broke off.
+    #[error("request body aborted: {0}")]
+    Aborted(String),
+    /// The cluster could not record the change.
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    /// A disk fault.
+    #[error("upload storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// A broken invariant.
+    #[error("upload internal error: {0}")]
+    Internal(String),
+}
+
+impl From<MailboxError> for UploadError {
+    fn from(e: MailboxError) -> Self {
+        UploadError::Internal(format!("upload session mailbox: {e}"))
+    }
+}
+
+/// Milliseconds since the Unix epoch: the proposer's clock, carried in commands.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What every session actor shares.
+pub struct UploadContext {
+    raft: RaftNode,
+    store: FsStore,
+    sessions: Mutex<HashMap<String, Addr<UploadSession>>>,
+}
+
+impl UploadContext {
+    /// Drop a stopped session's address.
+    fn forget(&self, id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(id);
+    }
+}
+
+/// The upload service.
+#[derive(Clone)]
+pub struct Uploads {
+    ctx: Arc<UploadContext>,
+    arbiter: ArbiterHandle,
+}
+
+impl Uploads {
+    /// Sessions' actors run on `arbiter`; their blocking work on the blocking pool.
+    pub fn new(raft: RaftNode, store: FsStore, arbiter: ArbiterHandle) -> Uploads {
+        Uploads {
+            ctx: Arc::new(UploadContext {
+                raft,
+                store,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+            arbiter,
+        }
+    }
+
+    /// Open a session; answers its id.
+    pub async fn start(&self, repo: RepoName, algorithm: Algorithm) -> Result<String, UploadError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let cmd = Command::StartUpload {
+            id: id.clone(),
+            repo,
+            algorithm,
+            now_ms: now_ms(),
+        };
+        match self.ctx.raft.propose(cmd).await? {
+            CommandResult::Ok => Ok(id),
+            CommandResult::Rejected(r) => Err(UploadError::Internal(r.to_string())),
+        }
+    }
+
+    /// The session's actor on this node, created from the replicated record when absent.
+    fn session(&self, id: &str) -> Result<Addr<UploadSession>, UploadError> {
+        // Ids are UUIDs we issued; anything else cannot name a session (and must never reach
+        // a file path).
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(UploadError::Unknown);
+        }
+        let mut sessions = self.ctx.sessions.lock().expect("sessions lock");
+        if let Some(addr) = sessions.get(id).filter(|a| a.connected()) {
+            return Ok(addr.clone());
+        }
+        let record = self
+            .ctx
+            .raft
+            .reader()
+            .upload(id)
+            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .ok_or(UploadError::Unknown)?;
+        let actor = UploadSession::new(id.to_string(), record, self.ctx.clone())?;
+        let addr = UploadSession::start_in_arbiter(&self.arbiter, move |_| actor);
+        sessions.insert(id.to_string(), addr.clone());
+        Ok(addr)
+    }
+
+    /// Append a chunk; answers the new size.
+    pub async fn write(
+        &self,
+        id: &str,
+        repo: RepoName,
+        info: ChunkInfo,
+        body: Body,
+    ) -> Result<u64, UploadError> {
+        self.session(id)?.send(Write { repo, info, body }).await?
+    }
+
+    /// Close a session with the blob's digest and an optional last chunk; answers the size.
+    pub async fn finish(
+        &self,
+        id: &str,
+        repo: RepoName,
+        digest: Digest,
+        info: ChunkInfo,
+        body: Option<Body>,
+    ) -> Result<u64, UploadError> {
+        self.session(id)?
+            .send(Finish {
+                repo,
+                digest,
+                info,
+                body,
+            })
+            .await?
+    }
+
+    /// The session's size.
+    pub async fn status(&self, id: &str, repo: RepoName) -> Result<u64, UploadError> {
+        self.session(id)?.send(Status { repo }).await?
+    }
+
+    /// Cancel a session.
+    pub async fn cancel(&self, id: &str, repo: RepoName) -> Result<(), UploadError> {
+        self.session(id)?.send(Cancel { repo }).await?
+    }
+
+    /// A monolithic push (`POST ?digest=` with the body): no session, same guarantees.
+    pub async fn put_whole(
+        &self,
+        repo: RepoName,
+        digest: Digest,
+        content_length: Option<u64>,
+        body: Body,
+    ) -> Result<u64, UploadError> {
+        let store = self.ctx.store.clone();
+        let tmp = store.temp_path();
+        let result = self.put_whole_via(&tmp, repo, digest, content_length, body).await;
+        let _ = FsStore::remove_file(&tmp);
+        result
+    }
+
+    async fn put_whole_via(
+        &self,
+        tmp: &std::path::Path,
+        repo: RepoName,
+        digest: Digest,
+        content_length: Option<u64>,
+        body: Body,
+    ) -> Result<u64, UploadError> {
+        let store = self.ctx.store.clone();
+        let path = tmp.to_path_buf();
+        let check = digest.clone();
+        let size = tokio::task::spawn_blocking(move || -> Result<u64, UploadError> {
+            let hasher = ResumableHasher::new(check.algorithm());
+            let (hasher, size) = writer::append(path.clone(), 0, hasher, body, content_length)?;
+            let actual = hasher.digest();
+            if actual != check {
+                return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
+            }
+            store.commit(&path, &check)?;
+            Ok(size)
+        })
+        .await
+        .map_err(|e| UploadError::Internal(e.to_string()))??;
+        let cmd = Command::CommitBlob {
+            repo,
+            digest,
+            size,
+            nodes: vec![self.ctx.raft.id()],
+        };
+        match self.ctx.raft.propose(cmd).await? {
+            CommandResult::Ok => Ok(size),
+            CommandResult::Rejected(r) => Err(UploadError::Internal(r.to_string())),
+        }
+    }
+
+    /// Drop sessions untouched for `age` (cluster-wide, through Raft), then remove this node's
+    /// files of sessions that no longer exist. Answers how many sessions were purged.
+    pub async fn purge(&self, age: Duration, dry_run: bool) -> Result<usize, UploadError> {
+        let before_ms = now_ms().saturating_sub(age.as_millis() as u64);
+        let reader = self.ctx.raft.reader().clone();
+        let stale = reader
+            .uploads()
+            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .into_iter()
+            .filter(|(_, u)| u.updated_ms < before_ms)
+            .count();
+        if dry_run {
+            tracing::info!(stale, "upload purge (dry run)");
+            return Ok(stale);
+        }
+        if stale > 0 {
+            self.ctx.raft.propose(Command::PurgeUploads { before_ms }).await?;
+        }
+        let store = self.ctx.store.clone();
+        let live: std::collections::HashSet<String> = reader
+            .uploads()
+            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        tokio::task::spawn_blocking(move || remove_orphans(&store, &live, age))
+            .await
+            .map_err(|e| UploadError::Internal(e.to_string()))??;
+        Ok(stale)
+    }
+}
+
+/// Files younger than this are never removed as orphans: a session started after the list of
+/// live sessions was read has a file newer than that list.
+const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
+/// Remove upload files whose session is gone, and temporary files older than `age`.
+fn remove_orphans(
+    store: &FsStore,
+    live: &std::collections::HashSet<String>,
+    age: Duration,
+) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(store.uploads_dir())? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let idle = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+        let orphan = if name.starts_with("tmp-") {
+            idle > age.max(ORPHAN_GRACE)
+        } else {
+            !live.contains(&name) && idle > ORPHAN_GRACE
+        };
+        if orphan {
+            tracing::info!(file = %name, "removing abandoned upload file");
+            FsStore::remove_file(&entry.path())?;
+        }
+    }
+    Ok(())
+}

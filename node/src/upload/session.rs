@@ -1,0 +1,351 @@
+//! One upload session on this node: an actix actor that is the only writer of the session's
+//! bytes here, handling one request at a time.
+//!
+//! The actor is created on first use from the replicated session record (so a session started
+//! anywhere can be continued here), keeps the running hasher between chunks, and stops after a
+//! while without requests. Before each request it re-reads the record, so a chunk accepted by
+//! another node, or a cancellation, is seen.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord};
+
+use super::hasher::ResumableHasher;
+use super::writer::{self, Body};
+use super::{UploadContext, UploadError, now_ms};
+
+/// An idle session's actor stops after this long (its state stays replicated).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// What a chunk request carries besides its body.
+#[derive(Debug, Clone)]
+pub struct ChunkInfo {
+    /// `Content-Range` start and inclusive end, when given.
+    pub range: Option<(u64, u64)>,
+    /// `Content-Length`, when given.
+    pub content_length: Option<u64>,
+}
+
+impl ChunkInfo {
+    /// Check the range against the session's size; returns the expected body length.
+    fn check(&self, size: u64) -> Result<Option<u64>, UploadError> {
+        match self.range {
+            Some((start, _)) if start != size => Err(UploadError::RangeMismatch { size }),
+            Some((start, end)) if end < start => Err(UploadError::RangeMismatch { size }),
+            Some((start, end)) => {
+                let len = end - start + 1;
+                if self.content_length.is_some_and(|cl| cl != len) {
+                    return Err(UploadError::SizeInvalid(
+                        "Content-Length does not match Content-Range".into(),
+                    ));
+                }
+                Ok(Some(len))
+            }
+            None => Ok(self.content_length),
+        }
+    }
+}
+
+/// Append a chunk. Answers the session's new size.
+#[derive(Message)]
+#[rtype(result = "Result<u64, UploadError>")]
+pub struct Write {
+    /// Repository named in the request URL.
+    pub repo: RepoName,
+    /// Range and length headers.
+    pub info: ChunkInfo,
+    /// The chunk's bytes.
+    pub body: Body,
+}
+
+/// Close the session: optional last chunk, digest check, commit. Answers the blob's size.
+#[derive(Message)]
+#[rtype(result = "Result<u64, UploadError>")]
+pub struct Finish {
+    /// Repository named in the request URL.
+    pub repo: RepoName,
+    /// The digest the client claims for the whole blob.
+    pub digest: Digest,
+    /// Range and length headers of the last chunk.
+    pub info: ChunkInfo,
+    /// The last chunk, if the request has a body.
+    pub body: Option<Body>,
+}
+
+/// The session's current size.
+#[derive(Message)]
+#[rtype(result = "Result<u64, UploadError>")]
+pub struct Status {
+    /// Repository named in the request URL.
+    pub repo: RepoName,
+}
+
+/// Cancel the session.
+#[derive(Message)]
+#[rtype(result = "Result<(), UploadError>")]
+pub struct Cancel {
+    /// Repository named in the request URL.
+    pub repo: RepoName,
+}
+
+/// The actor.
+pub struct UploadSession {
+    id: String,
+    record: UploadRecord,
+    hasher: ResumableHasher,
+    path: PathBuf,
+    ctx: Arc<UploadContext>,
+    idle: Option<SpawnHandle>,
+}
+
+impl UploadSession {
+    /// Build the actor from the replicated record.
+    pub fn new(id: String, record: UploadRecord, ctx: Arc<UploadContext>) -> Result<Self, UploadError> {
+        let hasher = Self::hasher_for(&record)?;
+        let path = ctx.store.upload_path(&id);
+        Ok(UploadSession {
+            id,
+            record,
+            hasher,
+            path,
+            ctx,
+            idle: None,
+        })
+    }
+
+    fn hasher_for(record: &UploadRecord) -> Result<ResumableHasher, UploadError> {
+        match &record.hash {
+            Some(state) => ResumableHasher::resume(state).map_err(|e| UploadError::Internal(e.to_string())),
+            None => Ok(ResumableHasher::new(record.algorithm)),
+        }
+    }
+
+    /// Re-read the replicated record; reload the hasher if another node moved the session on.
+    fn refresh(&mut self, repo: &RepoName) -> Result<(), UploadError> {
+        let record = self
+            .ctx
+            .raft
+            .reader()
+            .upload(&self.id)
+            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .ok_or(UploadError::Unknown)?;
+        if &record.repo != repo {
+            return Err(UploadError::Unknown);
+        }
+        if record.size != self.record.size {
+            self.hasher = Self::hasher_for(&record)?;
+        }
+        self.record = record;
+        Ok(())
+    }
+
+    fn touch(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.idle.take() {
+            ctx.cancel_future(h);
+        }
+        self.idle = Some(ctx.run_later(IDLE, |_, ctx| ctx.stop()));
+    }
+
+    /// Stop the actor after the current message (the session is over).
+    fn end(&mut self, ctx: &mut Context<Self>) {
+        self.ctx.forget(&self.id);
+        ctx.stop();
+    }
+}
+
+impl Actor for UploadSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.touch(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.ctx.forget(&self.id);
+    }
+}
+
+fn ready<T: 'static>(v: T) -> AtomicResponse<UploadSession, T> {
+    AtomicResponse::new(Box::pin(fut::ready(v)))
+}
+
+impl Handler<Write> for UploadSession {
+    type Result = AtomicResponse<Self, Result<u64, UploadError>>;
+
+    fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch(ctx);
+        if let Err(e) = self.refresh(&msg.repo) {
+            return ready(Err(e));
+        }
+        let start = self.record.size;
+        let expected = match msg.info.check(start) {
+            Ok(e) => e,
+            Err(e) => return ready(Err(e)),
+        };
+        let (path, hasher, shared, id) = (
+            self.path.clone(),
+            self.hasher.clone(),
+            self.ctx.clone(),
+            self.id.clone(),
+        );
+        let work = async move {
+            let (hasher, written) =
+                tokio::task::spawn_blocking(move || writer::append(path, start, hasher, msg.body, expected))
+                    .await
+                    .map_err(|e| UploadError::Internal(e.to_string()))??;
+            if written == 0 {
+                return Ok((hasher, start));
+            }
+            let cmd = Command::AppendChunk {
+                id,
+                offset: start,
+                len: written,
+                nodes: vec![shared.raft.id()],
+                hash: hasher.state(),
+                now_ms: now_ms(),
+            };
+            match shared.raft.propose(cmd).await? {
+                CommandResult::Ok => Ok((hasher, start + written)),
+                CommandResult::Rejected(Reject::RangeMismatch { size }) => {
+                    Err(UploadError::RangeMismatch { size })
+                }
+                CommandResult::Rejected(_) => Err(UploadError::Unknown),
+            }
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| match res {
+            Ok((hasher, size)) => {
+                act.hasher = hasher;
+                act.record.size = size;
+                Ok(size)
+            }
+            Err(UploadError::Unknown) => {
+                act.end(ctx);
+                Err(UploadError::Unknown)
+            }
+            Err(e) => Err(e),
+        })))
+    }
+}
+
+impl Handler<Finish> for UploadSession {
+    type Result = AtomicResponse<Self, Result<u64, UploadError>>;
+
+    fn handle(&mut self, msg: Finish, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch(ctx);
+        if let Err(e) = self.refresh(&msg.repo) {
+            return ready(Err(e));
+        }
+        let start = self.record.size;
+        let expected = match msg.info.check(start) {
+            Ok(e) => e,
+            Err(e) => return ready(Err(e)),
+        };
+        let (path, hasher, shared, id) = (
+            self.path.clone(),
+            self.hasher.clone(),
+            self.ctx.clone(),
+            self.id.clone(),
+        );
+        let digest = msg.digest;
+        let work = async move {
+            let blocking_path = path.clone();
+            let check_digest = digest.clone();
+            let (size, actual) =
+                tokio::task::spawn_blocking(move || -> Result<(u64, Digest), UploadError> {
+                    let (hasher, written) = match msg.body {
+                        Some(body) => writer::append(blocking_path.clone(), start, hasher, body, expected)?,
+                        None => {
+                            writer::ensure_file(&blocking_path)?;
+                            (hasher, 0)
+                        }
+                    };
+                    let size = start + written;
+                    let actual = if hasher.algorithm() == check_digest.algorithm() {
+                        hasher.digest()
+                    } else {
+                        writer::rehash(&blocking_path, size, check_digest.algorithm())?
+                    };
+                    Ok((size, actual))
+                })
+                .await
+                .map_err(|e| UploadError::Internal(e.to_string()))??;
+            if actual != digest {
+                // A wrong digest ends the session: its bytes can never become this blob.
+                let _ = shared
+                    .raft
+                    .propose(Command::CancelUpload { id: id.clone() })
+                    .await;
+                let _ = crate::store::FsStore::remove_file(&path);
+                return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
+            }
+            let store = shared.store.clone();
+            let commit_path = path.clone();
+            let commit_digest = digest.clone();
+            tokio::task::spawn_blocking(move || store.commit(&commit_path, &commit_digest))
+                .await
+                .map_err(|e| UploadError::Internal(e.to_string()))??;
+            let cmd = Command::FinishUpload {
+                id,
+                digest,
+                size,
+                nodes: vec![shared.raft.id()],
+            };
+            match shared.raft.propose(cmd).await? {
+                CommandResult::Ok => {
+                    let _ = crate::store::FsStore::remove_file(&path);
+                    Ok(size)
+                }
+                CommandResult::Rejected(_) => Err(UploadError::Unknown),
+            }
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| {
+            if matches!(
+                res,
+                Ok(_) | Err(UploadError::Unknown | UploadError::DigestInvalid(_))
+            ) {
+                act.end(ctx);
+            }
+            res
+        })))
+    }
+}
+
+impl Handler<Status> for UploadSession {
+    type Result = Result<u64, UploadError>;
+
+    fn handle(&mut self, msg: Status, ctx: &mut Context<Self>) -> Self::Result {
+        self.touch(ctx);
+        self.refresh(&msg.repo)?;
+        Ok(self.record.size)
+    }
+}
+
+impl Handler<Cancel> for UploadSession {
+    type Result = AtomicResponse<Self, Result<(), UploadError>>;
+
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.refresh(&msg.repo) {
+            return ready(Err(e));
+        }
+        let (shared, id, path) = (self.ctx.clone(), self.id.clone(), self.path.clone());
+        let work = async move {
+            match shared.raft.propose(Command::CancelUpload { id }).await? {
+                CommandResult::Ok => {
+                    let _ = crate::store::FsStore::remove_file(&path);
+                    Ok(())
+                }
+                CommandResult::Rejected(_) => Err(UploadError::Unknown),
+            }
+        };
+        self.touch(ctx);
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| {
+            if matches!(res, Ok(()) | Err(UploadError::Unknown)) {
+                act.end(ctx);
+            }
+            res
+        })))
+    }
+}

@@ -1,0 +1,109 @@
+//! Writing a request body to an upload file while hashing it, on the blocking pool.
+//!
+//! The HTTP handler forwards the body's chunks through a bounded channel, so at most a few
+//! chunks are in memory whatever the blob's size. A failed or short write leaves the file
+//! exactly as long as it was before, so the session's acknowledged state and its bytes agree.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use ipcr_proto::{Algorithm, Digest};
+use tokio::sync::mpsc;
+
+use super::UploadError;
+use super::hasher::ResumableHasher;
+
+/// One item of a forwarded request body; `Err` when the client's stream broke.
+pub type BodyChunk = Result<Bytes, String>;
+
+/// Chunks buffered between the HTTP handler and the writer.
+pub const BODY_CHANNEL: usize = 32;
+
+/// A request body being forwarded by the HTTP handler.
+pub type Body = mpsc::Receiver<BodyChunk>;
+
+/// Append `body` to the file at `path`, which must hold exactly `start` acknowledged bytes
+/// (longer leftovers of a failed write are cut). Returns the updated hasher and the number of
+/// bytes written. When `expected` is known, the body must have exactly that length.
+pub fn append(
+    path: PathBuf,
+    start: u64,
+    mut hasher: ResumableHasher,
+    mut body: Body,
+    expected: Option<u64>,
+) -> Result<(ResumableHasher, u64), UploadError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let len = file.metadata()?.len();
+    if len < start {
+        return Err(UploadError::Internal(format!(
+            "upload file holds {len} bytes, session acknowledged {start}"
+        )));
+    }
+    if len > start {
+        file.set_len(start)?;
+    }
+    file.seek(SeekFrom::Start(start))?;
+    let mut written = 0u64;
+    let result = (|| {
+        while let Some(chunk) = body.blocking_recv() {
+            let chunk = chunk.map_err(UploadError::Aborted)?;
+            written += chunk.len() as u64;
+            if expected.is_some_and(|e| written > e) {
+                return Err(UploadError::SizeInvalid(
+                    "body longer than its declared length".into(),
+                ));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)?;
+        }
+        if let Some(e) = expected
+            && written != e
+        {
+            return Err(UploadError::SizeInvalid(format!(
+                "body has {written} bytes, {e} declared"
+            )));
+        }
+        // The chunk is acknowledged only after this returns, so it must be on disk.
+        file.sync_data()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok((hasher, written)),
+        Err(e) => {
+            let _ = file.set_len(start);
+            Err(e)
+        }
+    }
+}
+
+/// Hash the first `len` bytes of a file with `algorithm` (for a closing digest whose
+/// algorithm differs from the session's).
+pub fn rehash(path: &Path, len: u64, algorithm: Algorithm) -> io::Result<Digest> {
+    let mut hasher = ResumableHasher::new(algorithm);
+    let mut file = File::open(path)?.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.digest())
+}
+
+/// Make sure an (empty) upload file exists and is durable.
+pub fn ensure_file(path: &Path) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    f.sync_all()
+}
