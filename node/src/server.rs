@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use actix::ArbiterHandle;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{HttpServer, web};
 use ipcr_proto::NodeId;
 use rand::Rng;
 use tokio::runtime::Handle;
@@ -128,25 +127,11 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         registry: parts.registry.clone(),
         health: parts.health.clone(),
     });
-    let settings = HttpSettings {
-        headers: config
-            .http
-            .headers
-            .iter()
-            .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
-            .collect(),
-        access_log: !config.log.accesslog.disabled,
-    };
+    let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
-    let server = HttpServer::new(move || {
-        let access_log = settings.access_log;
-        App::new()
-            .wrap(api::default_headers(&settings))
-            .wrap(from_fn(move |req, next| api::request_span(access_log, req, next)))
-            .configure(|cfg| api::configure(cfg, state.clone()))
-    })
-    .bind(addr)?
-    .run();
+    let server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
+        .bind(addr)?
+        .run();
     tracing::info!(%addr, "listening");
     let result = server.await;
     parts.raft.shutdown().await;

@@ -18,10 +18,10 @@ mod uploads;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::{DefaultHeaders, Next};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::{DefaultHeaders, Next, from_fn};
+use actix_web::{App, HttpRequest, HttpResponse, web};
 use tracing::Instrument;
 
 use crate::health::Health;
@@ -44,6 +44,42 @@ pub struct HttpSettings {
     pub headers: Vec<(String, String)>,
     /// Log one line per request.
     pub access_log: bool,
+}
+
+impl HttpSettings {
+    /// The settings a configuration asks for.
+    pub fn from_config(config: &crate::config::Config) -> HttpSettings {
+        HttpSettings {
+            headers: config
+                .http
+                .headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+                .collect(),
+            access_log: !config.log.accesslog.disabled,
+        }
+    }
+}
+
+/// The whole application: headers, request spans and the API. Used by the server and by
+/// in-process tests alike.
+pub fn app(
+    state: web::Data<ApiState>,
+    settings: HttpSettings,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let access_log = settings.access_log;
+    App::new()
+        .wrap(default_headers(&settings))
+        .wrap(from_fn(move |req, next| request_span(access_log, req, next)))
+        .configure(|cfg| configure(cfg, state))
 }
 
 /// Register the API on an actix-web app.

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ipcr_proto::Digest;
 use tokio::sync::mpsc;
 
@@ -110,9 +110,10 @@ impl FsStore {
                 return;
             }
             while left > 0 {
-                let want = left.min(READ_CHUNK as u64) as usize;
-                let mut buf = BytesMut::zeroed(want);
-                match read_full(&mut file, &mut buf) {
+                let want = left.min(READ_CHUNK as u64);
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(want as usize);
+                match (&mut file).take(want).read_to_end(&mut buf) {
                     Ok(0) => {
                         let _ = tx.blocking_send(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -121,9 +122,8 @@ impl FsStore {
                         return;
                     }
                     Ok(n) => {
-                        buf.truncate(n);
                         left -= n as u64;
-                        if tx.blocking_send(Ok(buf.freeze())).is_err() {
+                        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
                             return; // the client went away
                         }
                     }
@@ -144,19 +144,6 @@ impl FsStore {
             _ => Ok(()),
         }
     }
-}
-
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// The bytes of a blob, streamed from the blocking pool.

@@ -258,7 +258,7 @@ impl Handler<Finish> for UploadSession {
                     let (hasher, written) = match msg.body {
                         Some(body) => writer::append(blocking_path.clone(), start, hasher, body, expected)?,
                         None => {
-                            writer::ensure_file(&blocking_path)?;
+                            writer::settle(&blocking_path, start)?;
                             (hasher, 0)
                         }
                     };

@@ -98,12 +98,23 @@ pub fn rehash(path: &Path, len: u64, algorithm: Algorithm) -> io::Result<Digest>
     Ok(hasher.digest())
 }
 
-/// Make sure an (empty) upload file exists and is durable.
-pub fn ensure_file(path: &Path) -> io::Result<()> {
+/// Make the upload file exactly `size` bytes long (creating it empty, or cutting the leftovers
+/// of a chunk that was never acknowledged) and durable, before it is committed as a blob.
+pub fn settle(path: &Path, size: u64) -> Result<(), UploadError> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)?;
-    f.sync_all()
+    let len = f.metadata()?.len();
+    if len < size {
+        return Err(UploadError::Internal(format!(
+            "upload file holds {len} bytes, session acknowledged {size}"
+        )));
+    }
+    if len > size {
+        f.set_len(size)?;
+    }
+    f.sync_all()?;
+    Ok(())
 }
