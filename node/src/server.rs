@@ -85,8 +85,21 @@ pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> 
     })
 }
 
-/// Purge abandoned upload sessions every `interval` (`storage.maintenance.uploadpurging`).
-fn spawn_purger(registry: Registry, config: &Config) {
+/// How often actors of sessions that ended elsewhere are let go.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Purge abandoned upload sessions every `interval` (`storage.maintenance.uploadpurging`), and
+/// sweep the actors of ended sessions every minute.
+fn spawn_upload_maintenance(registry: Registry, config: &Config) {
+    let uploads = registry.uploads().clone();
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::time::sleep(SWEEP_INTERVAL).await;
+            if let Err(e) = uploads.sweep() {
+                tracing::warn!(error = %e, "upload actor sweep failed");
+            }
+        }
+    });
     let p = config.storage.maintenance.uploadpurging.clone();
     if !p.enabled {
         return;
@@ -122,7 +135,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
             &config.health.storagedriver,
         );
     }
-    spawn_purger(parts.registry.clone(), &config);
+    spawn_upload_maintenance(parts.registry.clone(), &config);
     let state = web::Data::new(ApiState {
         registry: parts.registry.clone(),
         health: parts.health.clone(),

@@ -55,7 +55,12 @@ pub enum UploadError {
 
 impl From<MailboxError> for UploadError {
     fn from(e: MailboxError) -> Self {
-        UploadError::Internal(format!("upload session mailbox: {e}"))
+        match e {
+            // Only actors of sessions that ended (finished, cancelled, purged) are stopped, so
+            // a closed mailbox means the session is gone.
+            MailboxError::Closed => UploadError::Unknown,
+            MailboxError::Timeout => UploadError::Internal("upload session did not answer".into()),
+        }
     }
 }
 
@@ -75,9 +80,12 @@ pub struct UploadContext {
 }
 
 impl UploadContext {
-    /// Drop a stopped session's address.
-    fn forget(&self, id: &str) {
-        self.sessions.lock().expect("sessions lock").remove(id);
+    /// Drop a stopped session's address, unless a newer actor already took its place.
+    fn forget(&self, id: &str, addr: &Addr<UploadSession>) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        if sessions.get(id) == Some(addr) {
+            sessions.remove(id);
+        }
     }
 }
 
@@ -228,6 +236,26 @@ impl Uploads {
             CommandResult::Ok => Ok(size),
             CommandResult::Rejected(r) => Err(UploadError::Internal(r.to_string())),
         }
+    }
+
+    /// Let the actors of sessions that no longer exist (finished or cancelled through another
+    /// node, or purged) stop: the map holds their only address. Answers how many were dropped.
+    pub fn sweep(&self) -> Result<usize, UploadError> {
+        let reader = self.ctx.raft.reader();
+        let mut sessions = self.ctx.sessions.lock().expect("sessions lock");
+        let before = sessions.len();
+        let mut live = HashMap::new();
+        for (id, addr) in sessions.drain() {
+            if reader
+                .upload(&id)
+                .map_err(|e| UploadError::Internal(e.to_string()))?
+                .is_some()
+            {
+                live.insert(id, addr);
+            }
+        }
+        *sessions = live;
+        Ok(before - sessions.len())
     }
 
     /// Drop sessions untouched for `age` (cluster-wide, through Raft), then remove this node's

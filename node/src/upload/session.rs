@@ -2,13 +2,13 @@
 //! bytes here, handling one request at a time.
 //!
 //! The actor is created on first use from the replicated session record (so a session started
-//! anywhere can be continued here), keeps the running hasher between chunks, and stops after a
-//! while without requests. Before each request it re-reads the record, so a chunk accepted by
-//! another node, or a cancellation, is seen.
+//! anywhere can be continued here) and keeps the running hasher between chunks. Before each
+//! request it re-reads the record, so a chunk accepted by another node, or a cancellation, is
+//! seen. It stops when its session ends: here (finish, cancel), or elsewhere (the periodic
+//! sweep drops its address).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord};
@@ -16,9 +16,6 @@ use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord}
 use super::hasher::ResumableHasher;
 use super::writer::{self, Body};
 use super::{UploadContext, UploadError, now_ms};
-
-/// An idle session's actor stops after this long (its state stays replicated).
-const IDLE: Duration = Duration::from_secs(300);
 
 /// What a chunk request carries besides its body.
 #[derive(Debug, Clone)]
@@ -98,7 +95,6 @@ pub struct UploadSession {
     hasher: ResumableHasher,
     path: PathBuf,
     ctx: Arc<UploadContext>,
-    idle: Option<SpawnHandle>,
 }
 
 impl UploadSession {
@@ -112,7 +108,6 @@ impl UploadSession {
             hasher,
             path,
             ctx,
-            idle: None,
         })
     }
 
@@ -142,16 +137,9 @@ impl UploadSession {
         Ok(())
     }
 
-    fn touch(&mut self, ctx: &mut Context<Self>) {
-        if let Some(h) = self.idle.take() {
-            ctx.cancel_future(h);
-        }
-        self.idle = Some(ctx.run_later(IDLE, |_, ctx| ctx.stop()));
-    }
-
     /// Stop the actor after the current message (the session is over).
     fn end(&mut self, ctx: &mut Context<Self>) {
-        self.ctx.forget(&self.id);
+        self.ctx.forget(&self.id, &ctx.address());
         ctx.stop();
     }
 }
@@ -159,12 +147,8 @@ impl UploadSession {
 impl Actor for UploadSession {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.touch(ctx);
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.ctx.forget(&self.id);
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.ctx.forget(&self.id, &ctx.address());
     }
 }
 
@@ -175,8 +159,7 @@ fn ready<T: 'static>(v: T) -> AtomicResponse<UploadSession, T> {
 impl Handler<Write> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
-    fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
-        self.touch(ctx);
+    fn handle(&mut self, msg: Write, _ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.refresh(&msg.repo) {
             return ready(Err(e));
         }
@@ -233,8 +216,7 @@ impl Handler<Write> for UploadSession {
 impl Handler<Finish> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
-    fn handle(&mut self, msg: Finish, ctx: &mut Context<Self>) -> Self::Result {
-        self.touch(ctx);
+    fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.refresh(&msg.repo) {
             return ready(Err(e));
         }
@@ -316,8 +298,7 @@ impl Handler<Finish> for UploadSession {
 impl Handler<Status> for UploadSession {
     type Result = Result<u64, UploadError>;
 
-    fn handle(&mut self, msg: Status, ctx: &mut Context<Self>) -> Self::Result {
-        self.touch(ctx);
+    fn handle(&mut self, msg: Status, _ctx: &mut Context<Self>) -> Self::Result {
         self.refresh(&msg.repo)?;
         Ok(self.record.size)
     }
@@ -326,7 +307,7 @@ impl Handler<Status> for UploadSession {
 impl Handler<Cancel> for UploadSession {
     type Result = AtomicResponse<Self, Result<(), UploadError>>;
 
-    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Cancel, _ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.refresh(&msg.repo) {
             return ready(Err(e));
         }
@@ -340,7 +321,6 @@ impl Handler<Cancel> for UploadSession {
                 CommandResult::Rejected(_) => Err(UploadError::Unknown),
             }
         };
-        self.touch(ctx);
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| {
             if matches!(res, Ok(()) | Err(UploadError::Unknown)) {
                 act.end(ctx);
