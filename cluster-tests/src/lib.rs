@@ -1,1 +1,26 @@
-//! placeholder
+//! Process-level test harness of IPCR: real `ipcr-node` processes on loopback ports taken from
+//! the OS, real clients (`skopeo`, `docker`), and the small pieces those tests share.
+//!
+//! - [`node`]: start, wait for, `kill -9` and restart a node process; its log is printed when
+//!   a test fails.
+//! - [`tools`]: require an external tool; skip the test locally, fail loudly under `CI=true`.
+//! - [`oci`]: build and read OCI image layouts on disk (tar and gzip layers, configs,
+//!   manifests, indexes), byte for byte under the test's control.
+//! - [`client`]: a minimal blocking OCI distribution client that reports exactly what the
+//!   server acknowledged.
+//!
+//! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
+//! helpers that wait are `wait_*`.
+
+pub mod client;
+pub mod node;
+pub mod oci;
+pub mod tools;
+
+pub use node::Node;
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
