@@ -143,6 +143,9 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
     let server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
+        // A write buffer the size of one blob read lets actix reuse it for every chunk of a
+        // pull instead of reallocating (and page-faulting) a buffer per chunk.
+        .h1_write_buffer_size(crate::store::fs::READ_CHUNK)
         .bind(addr)?
         .run();
     tracing::info!(%addr, "listening");

@@ -11,14 +11,14 @@
 //! a release build of `ipcr-node`. Every server binds to 127.0.0.1 and is killed at the end.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use reqwest::blocking::{Body, Client};
+use reqwest::blocking::Client;
 use sha2::{Digest as _, Sha256};
 
 const BLOB_SIZE: u64 = 1 << 30;
@@ -201,13 +201,44 @@ fn absolute(base: &str, location: &str) -> String {
     }
 }
 
-fn start_session(client: &Client, base: &str, repo: &str) -> Result<String> {
-    let resp = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send()?;
-    if resp.status().as_u16() != 202 {
-        bail!("POST upload: {}", resp.status());
+/// One `curl` transfer: answers (status, seconds, response headers). curl is the client for
+/// every server because it moves bytes as fast as the machine allows (the benchmark measures
+/// servers, not a client).
+fn curl(args: &[&str], url: &str) -> Result<(u16, f64, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code} %{time_total}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let (code, secs) = last.split_once(' ').context("curl printed no status")?;
+    Ok((code.parse()?, secs.parse()?, text))
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+fn start_session(base: &str, repo: &str) -> Result<(String, f64)> {
+    let (code, secs, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{repo}/blobs/uploads/"))?;
+    if code != 202 {
+        bail!("POST upload to {base}: {code}");
     }
-    let loc = resp.headers()["location"].to_str()?.to_string();
-    Ok(absolute(base, &loc))
+    let loc = header(&headers, "location").context("no Location")?;
+    Ok((absolute(base, &loc), secs))
 }
 
 fn with_query(location: &str, query: &str) -> String {
@@ -215,76 +246,103 @@ fn with_query(location: &str, query: &str) -> String {
     format!("{location}{sep}{query}")
 }
 
-fn file_part(path: &Path, offset: u64, len: u64) -> Result<Body> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    Ok(Body::sized(f.take(len), len))
-}
-
 /// POST a session, then PUT the whole blob: the monolithic flow both registries support.
-fn push_monolithic(client: &Client, base: &str, repo: &str, blob: &Path, digest: &str) -> Result<f64> {
+fn push_monolithic(base: &str, repo: &str, blob: &Path, digest: &str) -> Result<f64> {
     sync();
-    let t = Instant::now();
-    let loc = start_session(client, base, repo)?;
-    let resp = client
-        .put(with_query(&loc, &format!("digest={digest}")))
-        .header("Content-Type", "application/octet-stream")
-        .body(file_part(blob, 0, BLOB_SIZE)?)
-        .send()?;
-    let secs = t.elapsed().as_secs_f64();
-    if resp.status().as_u16() != 201 {
-        bail!("monolithic PUT to {base}: {}", resp.status());
+    let (loc, t0) = start_session(base, repo)?;
+    let file = blob.display().to_string();
+    let (code, t1, _) = curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            &file,
+        ],
+        &with_query(&loc, &format!("digest={digest}")),
+    )?;
+    if code != 201 {
+        bail!("monolithic PUT to {base}: {code}");
     }
-    Ok(secs)
+    Ok(t0 + t1)
 }
 
 /// POST, PATCH 64 MiB chunks with Content-Range, PUT `?digest=`.
-fn push_chunked(client: &Client, base: &str, repo: &str, blob: &Path, digest: &str) -> Result<f64> {
+fn push_chunked(base: &str, repo: &str, chunks: &[PathBuf], digest: &str) -> Result<f64> {
     sync();
-    let t = Instant::now();
-    let mut loc = start_session(client, base, repo)?;
+    let (mut loc, mut total) = start_session(base, repo)?;
     let mut offset = 0;
-    while offset < BLOB_SIZE {
-        let len = CHUNK.min(BLOB_SIZE - offset);
-        let resp = client
-            .patch(&loc)
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Range", format!("{}-{}", offset, offset + len - 1))
-            .body(file_part(blob, offset, len)?)
-            .send()?;
-        if resp.status().as_u16() != 202 {
-            bail!("PATCH to {base}: {}", resp.status());
+    for chunk in chunks {
+        let len = std::fs::metadata(chunk)?.len();
+        let range = format!("Content-Range: {}-{}", offset, offset + len - 1);
+        let file = chunk.display().to_string();
+        let (code, secs, headers) = curl(
+            &[
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/octet-stream",
+                "-H",
+                &range,
+                "-T",
+                &file,
+            ],
+            &loc,
+        )?;
+        if code != 202 {
+            bail!("PATCH to {base}: {code}");
         }
-        loc = absolute(base, resp.headers()["location"].to_str()?);
+        total += secs;
+        loc = absolute(base, &header(&headers, "location").context("no Location")?);
         offset += len;
     }
-    let resp = client.put(with_query(&loc, &format!("digest={digest}"))).send()?;
-    let secs = t.elapsed().as_secs_f64();
-    if resp.status().as_u16() != 201 {
-        bail!("closing PUT to {base}: {}", resp.status());
+    let (code, secs, _) = curl(&["-X", "PUT"], &with_query(&loc, &format!("digest={digest}")))?;
+    if code != 201 {
+        bail!("closing PUT to {base}: {code}");
+    }
+    Ok(total + secs)
+}
+
+fn pull(url: &str) -> Result<f64> {
+    let (code, secs, _) = curl(&[], url)?;
+    if code != 200 {
+        bail!("GET {url}: {code}");
     }
     Ok(secs)
 }
 
-fn pull(client: &Client, url: &str) -> Result<f64> {
-    let t = Instant::now();
-    let mut resp = client.get(url).send()?;
-    if !resp.status().is_success() {
-        bail!("GET {url}: {}", resp.status());
+/// Split the blob into the files the chunked pushes send.
+fn split(blob: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut input = File::open(blob)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    for i in 0..BLOB_SIZE.div_ceil(CHUNK) {
+        let n = read_full(&mut input, &mut buf)?;
+        let path = dir.join(format!("chunk-{i:03}"));
+        std::fs::write(&path, &buf[..n])?;
+        out.push(path);
     }
-    let n = resp.copy_to(&mut std::io::sink())?;
-    let secs = t.elapsed().as_secs_f64();
-    if n != BLOB_SIZE {
-        bail!("GET {url}: {n} bytes");
+    Ok(out)
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let r = f.read(&mut buf[n..])?;
+        if r == 0 {
+            break;
+        }
+        n += r;
     }
-    Ok(secs)
+    Ok(n)
 }
 
 /// Push a tiny image (config blob + manifest) tagged `latest`; answers the manifest URL.
 fn push_manifest(client: &Client, base: &str, repo: &str) -> Result<String> {
     let config = b"{}";
     let cd = format!("sha256:{}", hex::encode(Sha256::digest(config)));
-    let loc = start_session(client, base, repo)?;
+    let (loc, _) = start_session(base, repo)?;
     let resp = client
         .put(with_query(&loc, &format!("digest={cd}")))
         .body(config.to_vec())
@@ -356,6 +414,9 @@ fn main() -> Result<()> {
     let blob = blob_dir.join("blob");
     eprintln!("generating a 1 GiB blob ...");
     let digest = make_blob(&blob)?;
+    let chunk_dir = work.join("chunks");
+    std::fs::create_dir_all(&chunk_dir)?;
+    let chunks = split(&blob, &chunk_dir)?;
 
     let ipcr = start_ipcr(work)?;
     let dist = start_distribution(work)?;
@@ -369,36 +430,32 @@ fn main() -> Result<()> {
         eprintln!("round {}/{ROUNDS}", round + 1);
         floor.push(dd_floor(&blob, work)?);
         mono_i.push(push_monolithic(
-            &client,
             &ipcr.base,
             &format!("mono{round}"),
             &blob,
             &digest,
         )?);
         mono_d.push(push_monolithic(
-            &client,
             &dist.base,
             &format!("mono{round}"),
             &blob,
             &digest,
         )?);
         chunk_i.push(push_chunked(
-            &client,
             &ipcr.base,
             &format!("chunk{round}"),
-            &blob,
+            &chunks,
             &digest,
         )?);
         chunk_d.push(push_chunked(
-            &client,
             &dist.base,
             &format!("chunk{round}"),
-            &blob,
+            &chunks,
             &digest,
         )?);
-        pull_i.push(pull(&client, &format!("{}/v2/mono0/blobs/{digest}", ipcr.base))?);
-        pull_d.push(pull(&client, &format!("{}/v2/mono0/blobs/{digest}", dist.base))?);
-        pull_n.push(pull(&client, &format!("{}/blob", nginx.base))?);
+        pull_i.push(pull(&format!("{}/v2/mono0/blobs/{digest}", ipcr.base))?);
+        pull_d.push(pull(&format!("{}/v2/mono0/blobs/{digest}", dist.base))?);
+        pull_n.push(pull(&format!("{}/blob", nginx.base))?);
     }
     let rss = peak_rss_mib(ipcr.child.id())?;
 
@@ -420,7 +477,7 @@ fn main() -> Result<()> {
     println!("### Run of {}", chrono_free_date());
     println!();
     println!(
-        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds, client: reqwest (blocking), same for every server."
+        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds, client: curl, the same for every server."
     );
     println!();
     println!("| measurement | runs (s) | median |");

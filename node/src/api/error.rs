@@ -79,10 +79,11 @@ impl ApiError {
         ApiError::new(ErrorCode::Unsupported, "no such API endpoint").with_status(StatusCode::NOT_FOUND)
     }
 
-    /// The endpoint exists but not with this method.
-    pub fn method_not_allowed() -> ApiError {
+    /// The endpoint exists but not with this method; `allow` lists the methods it takes.
+    pub fn method_not_allowed(allow: &str) -> ApiError {
         ApiError::new(ErrorCode::Unsupported, "method not allowed")
             .with_status(StatusCode::METHOD_NOT_ALLOWED)
+            .with_header(actix_web::http::header::ALLOW, allow)
     }
 
     fn internal(cause: &dyn std::error::Error) -> ApiError {

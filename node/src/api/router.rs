@@ -185,8 +185,8 @@ fn page(pairs: &[(String, String)]) -> Result<(usize, Option<String>), ApiError>
     Ok((n, last))
 }
 
-fn method_not_allowed() -> ApiError {
-    ApiError::method_not_allowed()
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::method_not_allowed(allow)
 }
 
 /// Parse a request into an endpoint.
@@ -195,7 +195,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
         Some("") | Some("/") => {
             return match *method {
                 Method::GET | Method::HEAD => Ok(Endpoint::Base),
-                _ => Err(method_not_allowed()),
+                _ => Err(method_not_allowed("GET, HEAD")),
             };
         }
         Some(r) if r.starts_with('/') => &r[1..],
@@ -208,7 +208,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                 let (n, last) = page(&pairs)?;
                 Ok(Endpoint::Catalog { n, last })
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(method_not_allowed("GET")),
         };
     }
     let segs: Vec<&str> = rest.split('/').collect();
@@ -228,7 +228,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
         let id = id.to_string();
         if id.is_empty() {
             if *method != Method::POST {
-                return Err(method_not_allowed());
+                return Err(method_not_allowed("POST"));
             }
             let digest = first(&pairs, "digest").map(digest).transpose()?;
             let mount = match first(&pairs, "mount") {
@@ -267,7 +267,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
             }
             Method::GET => Ok(Endpoint::GetUpload { repo, id }),
             Method::DELETE => Ok(Endpoint::DeleteUpload { repo, id }),
-            _ => Err(method_not_allowed()),
+            _ => Err(method_not_allowed("PATCH, PUT, GET, DELETE")),
         };
     }
 
@@ -278,7 +278,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                 let (n, last) = page(&pairs)?;
                 Ok(Endpoint::ListTags { repo, n, last })
             }
-            _ => Err(method_not_allowed()),
+            _ => Err(method_not_allowed("GET")),
         };
     }
 
@@ -297,7 +297,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     head: *method == Method::HEAD,
                 }),
                 Method::DELETE => Ok(Endpoint::DeleteBlob { repo, digest }),
-                _ => Err(method_not_allowed()),
+                _ => Err(method_not_allowed("GET, HEAD, DELETE")),
             }
         }
         "manifests" => {
@@ -328,7 +328,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     repo,
                     reference: reference(last, false)?,
                 }),
-                _ => Err(method_not_allowed()),
+                _ => Err(method_not_allowed("GET, HEAD, PUT, DELETE")),
             }
         }
         "referrers" => {
@@ -341,7 +341,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                         .filter(|a| !a.is_empty())
                         .map(str::to_string),
                 }),
-                _ => Err(method_not_allowed()),
+                _ => Err(method_not_allowed("GET")),
             }
         }
         _ => Err(ApiError::not_found()),

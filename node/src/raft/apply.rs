@@ -57,10 +57,14 @@ impl Tx<'_> {
         self.put(REPOS, repo.as_str(), &[])
     }
 
-    /// Whether `digest` is present in `repo` as a blob or as a manifest.
-    fn in_repo(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
-        let k = key(&[repo.as_str(), &digest.to_string()]);
-        Ok(self.has(REPO_BLOBS, &k)? || self.has(REPO_MANIFESTS, &k)?)
+    /// Whether `digest` is linked into `repo` as a blob.
+    fn has_blob(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+        self.has(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]))
+    }
+
+    /// Whether `repo` holds the manifest `digest`.
+    fn has_manifest(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+        self.has(REPO_MANIFESTS, &key(&[repo.as_str(), &digest.to_string()]))
     }
 
     fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64, nodes: &[u64]) -> io::Result<()> {
@@ -92,9 +96,15 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             tags,
             record,
         } => {
-            for needed in record.blobs.iter().chain(&record.children) {
-                if !t.in_repo(repo, needed)? {
-                    return rejected(Reject::ManifestBlobUnknown(needed.clone()));
+            // Config and layers must be pullable as blobs, index entries as manifests.
+            for blob in &record.blobs {
+                if !t.has_blob(repo, blob)? {
+                    return rejected(Reject::ManifestBlobUnknown(blob.clone()));
+                }
+            }
+            for child in &record.children {
+                if !t.has_manifest(repo, child)? {
+                    return rejected(Reject::ManifestBlobUnknown(child.clone()));
                 }
             }
             let d = digest.to_string();

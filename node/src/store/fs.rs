@@ -18,9 +18,9 @@ use ipcr_proto::Digest;
 use tokio::sync::mpsc;
 
 /// Size of each read when streaming a blob out.
-const READ_CHUNK: usize = 1 << 20;
+pub const READ_CHUNK: usize = 1 << 20;
 /// Chunks buffered between the reading thread and the response.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 8;
 
 /// The node's local blob store.
 #[derive(Clone, Debug)]

@@ -33,7 +33,9 @@ impl ChunkInfo {
             Some((start, _)) if start != size => Err(UploadError::RangeMismatch { size }),
             Some((start, end)) if end < start => Err(UploadError::RangeMismatch { size }),
             Some((start, end)) => {
-                let len = end - start + 1;
+                let len = (end - start)
+                    .checked_add(1)
+                    .ok_or_else(|| UploadError::SizeInvalid("Content-Range larger than any upload".into()))?;
                 if self.content_length.is_some_and(|cl| cl != len) {
                     return Err(UploadError::SizeInvalid(
                         "Content-Length does not match Content-Range".into(),

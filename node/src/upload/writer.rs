@@ -24,6 +24,55 @@ pub const BODY_CHANNEL: usize = 32;
 /// A request body being forwarded by the HTTP handler.
 pub type Body = mpsc::Receiver<BodyChunk>;
 
+/// Writes to the file are gathered into buffers of this size.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Writeback is started every time this many bytes were written.
+const FLUSH_EVERY: u64 = 32 << 20;
+
+/// Starts writeback of an upload file while it is still being written, on a second thread, so
+/// that the disk works during the transfer instead of only at the final `fdatasync` (the
+/// difference between overlapping the disk with the network and adding them up).
+struct Flusher<'scope> {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    handle: Option<std::thread::ScopedJoinHandle<'scope, ()>>,
+    signalled: std::cell::Cell<u64>,
+}
+
+impl<'scope> Flusher<'scope> {
+    fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, file: &File) -> io::Result<Self> {
+        let file = file.try_clone()?;
+        // One pending request at most: a flush that is still running covers the next one.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let handle = scope.spawn(move || {
+            while rx.recv().is_ok() {
+                // Errors surface at the writer's own final fdatasync.
+                let _ = file.sync_data();
+            }
+        });
+        Ok(Flusher {
+            tx: Some(tx),
+            handle: Some(handle),
+            signalled: std::cell::Cell::new(0),
+        })
+    }
+
+    fn wrote(&self, total: u64) {
+        if total >= self.signalled.get() + FLUSH_EVERY {
+            self.signalled.set(total);
+            if let Some(tx) = &self.tx {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+
+    fn finish(mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Append `body` to the file at `path`, which must hold exactly `start` acknowledged bytes
 /// (longer leftovers of a failed write are cut). Returns the updated hasher and the number of
 /// bytes written. When `expected` is known, the body must have exactly that length.
@@ -50,7 +99,9 @@ pub fn append(
     }
     file.seek(SeekFrom::Start(start))?;
     let mut written = 0u64;
-    let result = (|| {
+    let result = std::thread::scope(|scope| {
+        let flusher = Flusher::start(scope, &file)?;
+        let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &file);
         while let Some(chunk) = body.blocking_recv() {
             let chunk = chunk.map_err(UploadError::Aborted)?;
             written += chunk.len() as u64;
@@ -60,8 +111,12 @@ pub fn append(
                 ));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)?;
+            out.write_all(&chunk)?;
+            flusher.wrote(written);
         }
+        out.flush()?;
+        drop(out);
+        flusher.finish();
         if let Some(e) = expected
             && written != e
         {
@@ -72,7 +127,7 @@ pub fn append(
         // The chunk is acknowledged only after this returns, so it must be on disk.
         file.sync_data()?;
         Ok(())
-    })();
+    });
     match result {
         Ok(()) => Ok((hasher, written)),
         Err(e) => {
