@@ -145,7 +145,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
         // A write buffer the size of one blob read lets actix reuse it for every chunk of a
         // pull instead of reallocating (and page-faulting) a buffer per chunk.
-        .h1_write_buffer_size(crate::store::fs::READ_CHUNK)
+        .h1_write_buffer_size(crate::store::read::READ_CHUNK)
         .bind(addr)?
         .run();
     tracing::info!(%addr, "listening");

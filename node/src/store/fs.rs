@@ -10,17 +10,12 @@
 //! never leaves one behind under a digest's name.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use ipcr_proto::Digest;
-use tokio::sync::mpsc;
 
-/// Size of each read when streaming a blob out.
-pub const READ_CHUNK: usize = 1 << 20;
-/// Chunks buffered between the reading thread and the response.
-const READ_AHEAD: usize = 8;
+use super::read::BlobStream;
 
 /// The node's local blob store.
 #[derive(Clone, Debug)]
@@ -99,42 +94,9 @@ impl FsStore {
         sync_dir(dir)
     }
 
-    /// Stream `len` bytes of a blob from `start`, read on the blocking pool.
+    /// Stream `len` bytes of a blob from `start`.
     pub fn read_range(&self, digest: &Digest, start: u64, len: u64) -> io::Result<BlobStream> {
-        let mut file = File::open(self.blob_path(digest))?;
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            let mut left = len;
-            if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-            while left > 0 {
-                let want = left.min(READ_CHUNK as u64);
-                // read_to_end fills spare capacity without zeroing it first.
-                let mut buf = Vec::with_capacity(want as usize);
-                match (&mut file).take(want).read_to_end(&mut buf) {
-                    Ok(0) => {
-                        let _ = tx.blocking_send(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "blob shorter than its index entry",
-                        )));
-                        return;
-                    }
-                    Ok(n) => {
-                        left -= n as u64;
-                        if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                            return; // the client went away
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(BlobStream { rx })
+        Ok(BlobStream::new(File::open(self.blob_path(digest))?, start, len))
     }
 
     /// Remove a file of the uploads directory, ignoring absence.
@@ -143,22 +105,6 @@ impl FsStore {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
-    }
-}
-
-/// The bytes of a blob, streamed from the blocking pool.
-pub struct BlobStream {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-}
-
-impl futures::Stream for BlobStream {
-    type Item = io::Result<Bytes>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
     }
 }
 

@@ -4,5 +4,7 @@
 //! it knows nothing of repositories, Raft or HTTP.
 
 pub mod fs;
+pub mod read;
 
-pub use fs::{BlobStream, FsStore};
+pub use fs::FsStore;
+pub use read::BlobStream;
