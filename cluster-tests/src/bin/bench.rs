@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 const BLOB_SIZE: u64 = 1 << 30;
 const CHUNK: u64 = 64 << 20;
 const ROUNDS: usize = 3;
+const PULLS_PER_ROUND: usize = 3;
 const WRK_SECONDS: u32 = 10;
 
 fn free_port() -> Result<u16> {
@@ -453,9 +454,11 @@ fn main() -> Result<()> {
             &chunks,
             &digest,
         )?);
-        pull_i.push(pull(&format!("{}/v2/mono0/blobs/{digest}", ipcr.base))?);
-        pull_d.push(pull(&format!("{}/v2/mono0/blobs/{digest}", dist.base))?);
-        pull_n.push(pull(&format!("{}/blob", nginx.base))?);
+        for _ in 0..PULLS_PER_ROUND {
+            pull_i.push(pull(&format!("{}/v2/mono0/blobs/{digest}", ipcr.base))?);
+            pull_d.push(pull(&format!("{}/v2/mono0/blobs/{digest}", dist.base))?);
+            pull_n.push(pull(&format!("{}/blob", nginx.base))?);
+        }
     }
     let rss = peak_rss_mib(ipcr.child.id())?;
 
@@ -477,7 +480,7 @@ fn main() -> Result<()> {
     println!("### Run of {}", chrono_free_date());
     println!();
     println!(
-        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds, client: curl, the same for every server."
+        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds ({PULLS_PER_ROUND} pulls of each server per round, from the page cache), client: curl, the same for every server."
     );
     println!();
     println!("| measurement | runs (s) | median |");
