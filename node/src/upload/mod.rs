@@ -64,6 +64,17 @@ impl From<MailboxError> for UploadError {
     }
 }
 
+/// Run blocking file work on the blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, UploadError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, UploadError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Internal(e.to_string()))?
+}
+
 /// Milliseconds since the Unix epoch: the proposer's clock, carried in commands.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -214,7 +225,7 @@ impl Uploads {
         let store = self.ctx.store.clone();
         let path = tmp.to_path_buf();
         let check = digest.clone();
-        let size = tokio::task::spawn_blocking(move || -> Result<u64, UploadError> {
+        let size = blocking(move || {
             let hasher = ResumableHasher::new(check.algorithm());
             let (hasher, size) = writer::append(path.clone(), 0, hasher, body, content_length)?;
             let actual = hasher.digest();
@@ -224,8 +235,7 @@ impl Uploads {
             store.commit(&path, &check)?;
             Ok(size)
         })
-        .await
-        .map_err(|e| UploadError::Internal(e.to_string()))??;
+        .await?;
         let cmd = Command::CommitBlob {
             repo,
             digest,
@@ -283,9 +293,7 @@ impl Uploads {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        tokio::task::spawn_blocking(move || remove_orphans(&store, &live, age))
-            .await
-            .map_err(|e| UploadError::Internal(e.to_string()))??;
+        blocking(move || Ok(remove_orphans(&store, &live, age)?)).await?;
         Ok(stale)
     }
 }

@@ -15,7 +15,7 @@ use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord}
 
 use super::hasher::ResumableHasher;
 use super::writer::{self, Body};
-use super::{UploadContext, UploadError, now_ms};
+use super::{UploadContext, UploadError, blocking, now_ms};
 
 /// What a chunk request carries besides its body.
 #[derive(Debug, Clone)]
@@ -90,6 +90,16 @@ pub struct Cancel {
     pub repo: RepoName,
 }
 
+/// A checked write request's inputs, owned so the work can leave the actor.
+struct Prepared {
+    start: u64,
+    expected: Option<u64>,
+    path: PathBuf,
+    hasher: ResumableHasher,
+    shared: Arc<UploadContext>,
+    id: String,
+}
+
 /// The actor.
 pub struct UploadSession {
     id: String,
@@ -139,6 +149,21 @@ impl UploadSession {
         Ok(())
     }
 
+    /// What a request that writes needs, after checking it against the replicated session:
+    /// where the chunk starts, how long its body must be, and owned copies of the state.
+    fn prepare(&mut self, repo: &RepoName, info: &ChunkInfo) -> Result<Prepared, UploadError> {
+        self.refresh(repo)?;
+        let start = self.record.size;
+        Ok(Prepared {
+            start,
+            expected: info.check(start)?,
+            path: self.path.clone(),
+            hasher: self.hasher.clone(),
+            shared: self.ctx.clone(),
+            id: self.id.clone(),
+        })
+    }
+
     /// Stop the actor after the current message (the session is over).
     fn end(&mut self, ctx: &mut Context<Self>) {
         self.ctx.forget(&self.id, &ctx.address());
@@ -162,25 +187,20 @@ impl Handler<Write> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
     fn handle(&mut self, msg: Write, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.refresh(&msg.repo) {
-            return ready(Err(e));
-        }
-        let start = self.record.size;
-        let expected = match msg.info.check(start) {
-            Ok(e) => e,
+        let Prepared {
+            start,
+            expected,
+            path,
+            hasher,
+            shared,
+            id,
+        } = match self.prepare(&msg.repo, &msg.info) {
+            Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
-        let (path, hasher, shared, id) = (
-            self.path.clone(),
-            self.hasher.clone(),
-            self.ctx.clone(),
-            self.id.clone(),
-        );
         let work = async move {
             let (hasher, written) =
-                tokio::task::spawn_blocking(move || writer::append(path, start, hasher, msg.body, expected))
-                    .await
-                    .map_err(|e| UploadError::Internal(e.to_string()))??;
+                blocking(move || writer::append(path, start, hasher, msg.body, expected)).await?;
             if written == 0 {
                 return Ok((hasher, start));
             }
@@ -219,43 +239,38 @@ impl Handler<Finish> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
     fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.refresh(&msg.repo) {
-            return ready(Err(e));
-        }
-        let start = self.record.size;
-        let expected = match msg.info.check(start) {
-            Ok(e) => e,
+        let Prepared {
+            start,
+            expected,
+            path,
+            hasher,
+            shared,
+            id,
+        } = match self.prepare(&msg.repo, &msg.info) {
+            Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
-        let (path, hasher, shared, id) = (
-            self.path.clone(),
-            self.hasher.clone(),
-            self.ctx.clone(),
-            self.id.clone(),
-        );
         let digest = msg.digest;
         let work = async move {
             let blocking_path = path.clone();
             let check_digest = digest.clone();
-            let (size, actual) =
-                tokio::task::spawn_blocking(move || -> Result<(u64, Digest), UploadError> {
-                    let (hasher, written) = match msg.body {
-                        Some(body) => writer::append(blocking_path.clone(), start, hasher, body, expected)?,
-                        None => {
-                            writer::settle(&blocking_path, start)?;
-                            (hasher, 0)
-                        }
-                    };
-                    let size = start + written;
-                    let actual = if hasher.algorithm() == check_digest.algorithm() {
-                        hasher.digest()
-                    } else {
-                        writer::rehash(&blocking_path, size, check_digest.algorithm())?
-                    };
-                    Ok((size, actual))
-                })
-                .await
-                .map_err(|e| UploadError::Internal(e.to_string()))??;
+            let (size, actual) = blocking(move || -> Result<(u64, Digest), UploadError> {
+                let (hasher, written) = match msg.body {
+                    Some(body) => writer::append(blocking_path.clone(), start, hasher, body, expected)?,
+                    None => {
+                        writer::settle(&blocking_path, start)?;
+                        (hasher, 0)
+                    }
+                };
+                let size = start + written;
+                let actual = if hasher.algorithm() == check_digest.algorithm() {
+                    hasher.digest()
+                } else {
+                    writer::rehash(&blocking_path, size, check_digest.algorithm())?
+                };
+                Ok((size, actual))
+            })
+            .await?;
             if actual != digest {
                 // A wrong digest ends the session: its bytes can never become this blob.
                 let _ = shared
@@ -268,9 +283,7 @@ impl Handler<Finish> for UploadSession {
             let store = shared.store.clone();
             let commit_path = path.clone();
             let commit_digest = digest.clone();
-            tokio::task::spawn_blocking(move || store.commit(&commit_path, &commit_digest))
-                .await
-                .map_err(|e| UploadError::Internal(e.to_string()))??;
+            blocking(move || Ok(store.commit(&commit_path, &commit_digest)?)).await?;
             let cmd = Command::FinishUpload {
                 id,
                 digest,
