@@ -131,14 +131,18 @@ impl UploadSession {
     }
 
     /// Re-read the replicated record; reload the hasher if another node moved the session on.
-    fn refresh(&mut self, repo: &RepoName) -> Result<(), UploadError> {
-        let record = self
+    /// A session that no longer exists ends the actor.
+    fn refresh(&mut self, repo: &RepoName, ctx: &mut Context<Self>) -> Result<(), UploadError> {
+        let Some(record) = self
             .ctx
             .raft
             .reader()
             .upload(&self.id)
             .map_err(|e| UploadError::Internal(e.to_string()))?
-            .ok_or(UploadError::Unknown)?;
+        else {
+            self.end(ctx);
+            return Err(UploadError::Unknown);
+        };
         if &record.repo != repo {
             return Err(UploadError::Unknown);
         }
@@ -151,8 +155,13 @@ impl UploadSession {
 
     /// What a request that writes needs, after checking it against the replicated session:
     /// where the chunk starts, how long its body must be, and owned copies of the state.
-    fn prepare(&mut self, repo: &RepoName, info: &ChunkInfo) -> Result<Prepared, UploadError> {
-        self.refresh(repo)?;
+    fn prepare(
+        &mut self,
+        repo: &RepoName,
+        info: &ChunkInfo,
+        ctx: &mut Context<Self>,
+    ) -> Result<Prepared, UploadError> {
+        self.refresh(repo, ctx)?;
         let start = self.record.size;
         Ok(Prepared {
             start,
@@ -186,7 +195,7 @@ fn ready<T: 'static>(v: T) -> AtomicResponse<UploadSession, T> {
 impl Handler<Write> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
-    fn handle(&mut self, msg: Write, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
         let Prepared {
             start,
             expected,
@@ -194,7 +203,7 @@ impl Handler<Write> for UploadSession {
             hasher,
             shared,
             id,
-        } = match self.prepare(&msg.repo, &msg.info) {
+        } = match self.prepare(&msg.repo, &msg.info, ctx) {
             Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
@@ -238,7 +247,7 @@ impl Handler<Write> for UploadSession {
 impl Handler<Finish> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
-    fn handle(&mut self, msg: Finish, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Finish, ctx: &mut Context<Self>) -> Self::Result {
         let Prepared {
             start,
             expected,
@@ -246,7 +255,7 @@ impl Handler<Finish> for UploadSession {
             hasher,
             shared,
             id,
-        } = match self.prepare(&msg.repo, &msg.info) {
+        } = match self.prepare(&msg.repo, &msg.info, ctx) {
             Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
@@ -313,8 +322,8 @@ impl Handler<Finish> for UploadSession {
 impl Handler<Status> for UploadSession {
     type Result = Result<u64, UploadError>;
 
-    fn handle(&mut self, msg: Status, _ctx: &mut Context<Self>) -> Self::Result {
-        self.refresh(&msg.repo)?;
+    fn handle(&mut self, msg: Status, ctx: &mut Context<Self>) -> Self::Result {
+        self.refresh(&msg.repo, ctx)?;
         Ok(self.record.size)
     }
 }
@@ -322,8 +331,8 @@ impl Handler<Status> for UploadSession {
 impl Handler<Cancel> for UploadSession {
     type Result = AtomicResponse<Self, Result<(), UploadError>>;
 
-    fn handle(&mut self, msg: Cancel, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.refresh(&msg.repo) {
+    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.refresh(&msg.repo, ctx) {
             return ready(Err(e));
         }
         let (shared, id, path) = (self.ctx.clone(), self.id.clone(), self.path.clone());
