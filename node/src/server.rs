@@ -11,10 +11,11 @@ use ipcr_proto::NodeId;
 use rand::Rng;
 use tokio::runtime::Handle;
 
+use crate::api::cluster::ClusterApi;
 use crate::api::{self, ApiState, HttpSettings};
 use crate::config::Config;
 use crate::health::{self, Health};
-use crate::raft::RaftNode;
+use crate::raft::{Bootstrap, RaftNode};
 use crate::registry::Registry;
 use crate::store::FsStore;
 use crate::upload::Uploads;
@@ -30,6 +31,10 @@ pub struct NodeParts {
     pub health: Health,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// The secret of the cluster port.
+    pub secret: String,
+    /// This node's cluster URL, as peers reach it.
+    pub advertise: String,
 }
 
 /// This node's Raft id: from the configuration, else from `<data>/node-id`, else a new random
@@ -66,10 +71,39 @@ pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> 
     std::fs::create_dir_all(&data_dir)?;
     let id = node_id(config, &data_dir)?;
     let store = FsStore::open(&data_dir)?;
-    let advertise = format!("http://{}", config.http.socket_addr().map_err(io::Error::other)?);
-    let raft = RaftNode::start(id, advertise, &data_dir, &config.cluster, raft_rt).await?;
+    let advertise = config.cluster.advertise_url().map_err(io::Error::other)?;
+    let secret = match &config.cluster.secret {
+        Some(s) => s.clone(),
+        None => {
+            tracing::info!(
+                "no cluster.secret configured: this node uses a random one, so no other node can join it"
+            );
+            uuid::Uuid::new_v4().simple().to_string()
+        }
+    };
+    let bootstrap = if config.cluster.join.is_some() {
+        Bootstrap::Join
+    } else {
+        Bootstrap::Alone
+    };
+    let raft = RaftNode::start(
+        id,
+        advertise.clone(),
+        &data_dir,
+        &config.cluster,
+        secret.clone(),
+        bootstrap,
+        raft_rt,
+    )
+    .await?;
     let uploads = Uploads::new(raft.clone(), store.clone(), arbiter);
-    let registry = Registry::new(raft.clone(), store, uploads, config.storage.delete.enabled);
+    let registry = Registry::new(
+        raft.clone(),
+        store,
+        uploads,
+        config.storage.delete.enabled,
+        config.storage.replicas,
+    );
     let driver = if config.storage.estuary.is_some() {
         "estuary"
     } else {
@@ -82,6 +116,8 @@ pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> 
         registry,
         health,
         data_dir,
+        secret,
+        advertise,
     })
 }
 
@@ -149,7 +185,64 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         .bind(addr)?
         .run();
     tracing::info!(%addr, "listening");
+    let cluster_addr = config.cluster.socket_addr().map_err(io::Error::other)?;
+    let cluster_state = web::Data::new(ClusterApi {
+        node: parts.raft.clone(),
+        registry: parts.registry.clone(),
+        secret: parts.secret.clone(),
+    });
+    let cluster_server = HttpServer::new(move || api::cluster::app(cluster_state.clone()))
+        .workers(2)
+        .bind(cluster_addr)?
+        .run();
+    tracing::info!(addr = %cluster_addr, advertise = %parts.advertise, "cluster port listening");
+    if let Some(target) = config.cluster.join.clone() {
+        spawn_join(&parts, target);
+    }
+    let cluster_handle = cluster_server.handle();
+    let cluster_task = actix_web::rt::spawn(cluster_server);
     let result = server.await;
+    cluster_handle.stop(true).await;
+    let _ = cluster_task.await;
     parts.raft.shutdown().await;
     result
+}
+
+/// A node with no Raft state and a join target asks the cluster to add it, retrying until a
+/// member answers (the cluster may still be starting). A node that already is a member skips.
+fn spawn_join(parts: &NodeParts, target: String) {
+    let (node, addr) = (parts.raft.clone(), parts.advertise.clone());
+    parts.raft.runtime().clone().spawn(async move {
+        if node.raft().is_initialized().await.unwrap_or(false) {
+            return;
+        }
+        let req = ipcr_proto::admin::JoinRequest { id: node.id(), addr };
+        let url = format!("{}/cluster/join", target.trim_end_matches('/'));
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let sent = node
+                .client()
+                .http()
+                .post(&url)
+                .header("Authorization", node.client().bearer())
+                .json(&req)
+                .timeout(Duration::from_secs(600))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(%url, "joined the cluster");
+                    return;
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    tracing::warn!(%url, %status, %text, "join refused; retrying");
+                }
+                Err(e) => tracing::warn!(%url, error = %e, "join failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    });
 }

@@ -5,6 +5,7 @@
 //! Raft commands that are the only way metadata changes. Anything here may be used by `node`,
 //! `cluster-tests` and future clients; nothing here depends on actix, tokio or a network.
 
+pub mod admin;
 pub mod command;
 pub mod digest;
 pub mod error;

@@ -6,6 +6,7 @@
 //! authorization will be added.
 
 pub mod body;
+pub mod cluster;
 pub mod error;
 pub mod router;
 

@@ -7,6 +7,7 @@
 
 mod apply;
 pub mod log_store;
+mod membership;
 pub mod network;
 pub mod node;
 pub mod snapshot;
@@ -16,7 +17,7 @@ pub mod state_machine;
 use ipcr_proto::{Command, CommandResult};
 use openraft::impls::BasicNode;
 
-pub use node::{RaftError, RaftNode};
+pub use node::{Bootstrap, RaftError, RaftNode};
 
 openraft::declare_raft_types!(
     /// IPCR's Raft types: registry commands in, command results out, nodes addressed by their

@@ -1,13 +1,14 @@
-//! This node's Raft member: start-up, proposing commands, and the read barrier.
+//! This node's Raft member: start-up, proposing commands (forwarded to the leader when this
+//! node is a follower), and the read barrier (a read index from the leader).
 //!
-//! openraft runs on its own multi-threaded tokio runtime (the HTTP server runs on actix's
+//! openraft runs on its own multi-threaded tokio runtime (the HTTP servers run on actix's
 //! per-worker runtimes); the handle is shared and every openraft task is spawned there.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipcr_proto::{Command, CommandResult, NodeId};
 use openraft::async_runtime::WatchReceiver;
@@ -18,14 +19,16 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::log_store::LogStore;
-use super::network::NetworkFactory;
+use super::network::{CallError, ClusterClient, NetworkFactory};
 use super::state::StateReader;
 use super::state_machine::StateMachine;
 use super::{Raft, TypeConfig};
 use crate::config::ClusterConfig;
 
-/// How long a write waits for a leader before the client gets `503`.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write or a read barrier waits for a leader before the client gets `503`.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why a proposal or read barrier failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +42,7 @@ pub enum RaftError {
 }
 
 /// Where a node keeps its Raft state, under its data directory.
-fn paths(data_dir: &Path) -> io::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+fn paths(data_dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
     let raft_dir = data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir)?;
     Ok((
@@ -49,9 +52,9 @@ fn paths(data_dir: &Path) -> io::Result<(std::path::PathBuf, std::path::PathBuf,
     ))
 }
 
-/// Coalesces concurrent linearizable reads: every read that arrives while a leadership check
-/// is in flight waits for the next one, so N concurrent reads cost one check, not N, and each
-/// read is still ordered after every write acknowledged before it arrived.
+/// Coalesces concurrent linearizable reads: every read that arrives while a read index is being
+/// obtained waits for the next one, so N concurrent reads cost one round, not N, and each read
+/// is still ordered after every write acknowledged before it arrived.
 #[derive(Default)]
 struct ReadBarrier {
     state: Mutex<BarrierState>,
@@ -71,17 +74,30 @@ pub struct RaftNode {
     reader: StateReader,
     barrier: Arc<ReadBarrier>,
     runtime: Handle,
+    client: ClusterClient,
+    snapshot_dir: PathBuf,
+}
+
+/// How this node enters a cluster when it has no Raft state yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Initialize a one-member cluster of itself.
+    Alone,
+    /// Wait to be added by an existing cluster.
+    Join,
 }
 
 impl RaftNode {
-    /// Open the node's Raft state under `data_dir` and start its member on `runtime`. A node
-    /// that has never been part of a cluster initializes a one-member cluster of itself.
-    /// Returns once the node leads and has applied everything committed before it stopped.
+    /// Open the node's Raft state under `data_dir` and start its member on `runtime`, with
+    /// peers reached through the cluster port using `secret`. A node with no Raft state either
+    /// initializes a one-member cluster or waits to be added, as `bootstrap` says.
     pub async fn start(
         id: NodeId,
         advertise: String,
         data_dir: &Path,
         cluster: &ClusterConfig,
+        secret: String,
+        bootstrap: Bootstrap,
         runtime: Handle,
     ) -> io::Result<RaftNode> {
         let (log_path, sm_path, snap_dir) = paths(data_dir)?;
@@ -100,8 +116,13 @@ impl RaftNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(io::Error::other)?);
-        let raft = runtime
-            .spawn(async move { Raft::new(id, config, NetworkFactory, log, sm).await })
+        // The HTTP client must belong to the runtime that uses it, so it is made there.
+        let (raft, client) = runtime
+            .spawn(async move {
+                let client = ClusterClient::new(secret);
+                let raft = Raft::new(id, config, NetworkFactory::new(client.clone()), log, sm).await;
+                raft.map(|r| (r, client))
+            })
             .await
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -111,13 +132,15 @@ impl RaftNode {
             reader,
             barrier: Arc::default(),
             runtime,
+            client,
+            snapshot_dir: snap_dir,
         };
-        if !node
+        let initialized = node
             .raft
             .is_initialized()
             .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-        {
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if !initialized && bootstrap == Bootstrap::Alone {
             let members = BTreeMap::from([(id, BasicNode { addr: advertise })]);
             node.raft
                 .initialize(members)
@@ -125,23 +148,46 @@ impl RaftNode {
                 .map_err(|e| io::Error::other(e.to_string()))?;
             tracing::info!(node = id, "initialized a one-member cluster");
         }
-        node.raft
-            .wait(Some(Duration::from_secs(30)))
-            .state(ServerState::Leader, "become leader")
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        // The leader's read index covers its first (blank) entry, so waiting for it means every
-        // entry committed before a restart has been applied before we serve a request.
-        node.raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(node)
+    }
+
+    /// Wait until this node knows a leader and has applied everything committed before it
+    /// started (so that a restarted node serves nothing stale). `false` on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.metrics().current_leader.is_some() && self.read_barrier().await.is_ok() {
+                return true;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        false
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The openraft handle (for the cluster port's RPC handlers).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The client for peers' cluster ports.
+    pub fn client(&self) -> &ClusterClient {
+        &self.client
+    }
+
+    /// The runtime openraft and peer clients run on.
+    pub fn runtime(&self) -> &Handle {
+        &self.runtime
+    }
+
+    /// A fresh path for a snapshot being received.
+    pub fn incoming_snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir
+            .join(format!("incoming-{}.tmp", uuid::Uuid::new_v4()))
     }
 
     /// The applied state.
@@ -154,20 +200,124 @@ impl RaftNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// Propose a command and wait until it is committed and applied here.
+    /// The cluster URL of a member.
+    pub fn node_url(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Every member (voters and learners) with its cluster URL.
+    pub fn members(&self) -> Vec<(NodeId, String, bool)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone(), voters.contains(id)))
+            .collect()
+    }
+
+    /// The current leader and its cluster URL, when known.
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let id = self.metrics().current_leader?;
+        Some((id, self.node_url(id)?))
+    }
+
+    /// Propose a command and wait until it is committed and applied here. On a follower the
+    /// command is forwarded to the leader; commands are idempotent, so a retry after a lost
+    /// answer is safe.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, RaftError> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut last_error = String::from("no leader");
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let raft = self.raft.clone();
+            let local = cmd.clone();
+            let write = self.runtime.spawn(async move { raft.client_write(local).await });
+            match tokio::time::timeout(left, write).await {
+                Err(_) => break,
+                Ok(Err(join)) => return Err(RaftError::Fatal(join.to_string())),
+                Ok(Ok(Ok(resp))) => return Ok(resp.data),
+                Ok(Ok(Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
+                    match f.leader_node {
+                        Some(leader) => match self.forward(&leader.addr, &cmd, deadline).await {
+                            Ok(result) => return Ok(result),
+                            Err(e) => last_error = e,
+                        },
+                        None => last_error = "no leader known".into(),
+                    }
+                }
+                Ok(Ok(Err(e))) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+        Err(RaftError::Unavailable(format!(
+            "no quorum within {WRITE_TIMEOUT:?}: {last_error}"
+        )))
+    }
+
+    /// Send `cmd` to the leader at `url`, then wait until this node has applied it.
+    async fn forward(&self, url: &str, cmd: &Command, deadline: Instant) -> Result<CommandResult, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let client = self.client.clone();
+        let (url, cmd) = (url.to_string(), cmd.clone());
+        let call = self
+            .runtime
+            .spawn(async move { client.forward_write(&url, &cmd, left).await });
+        let (index, result) = match call.await.map_err(|e| e.to_string())? {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(leader_said)) => return Err(leader_said),
+            Err(CallError::Unreachable(e)) | Err(CallError::Network(e)) => return Err(e),
+        };
+        self.wait_applied(index, deadline).await?;
+        Ok(result)
+    }
+
+    /// Wait until the local state machine has applied `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let raft = self.raft.clone();
+        self.runtime
+            .spawn(async move {
+                raft.wait(Some(left))
+                    .applied_index_at_least(Some(index), "forwarded write or read index")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// Propose on this node, which must be the leader (the cluster port's `/cluster/write`).
+    /// Answers the log index the command was applied at.
+    pub async fn propose_as_leader(&self, cmd: Command) -> Result<(u64, CommandResult), String> {
         let raft = self.raft.clone();
         let write = self.runtime.spawn(async move { raft.client_write(cmd).await });
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Err(_) => Err(RaftError::Unavailable(
-                "no quorum within the write timeout".into(),
-            )),
-            Ok(Err(join)) => Err(RaftError::Fatal(join.to_string())),
-            Ok(Ok(Ok(resp))) => Ok(resp.data),
-            Ok(Ok(Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => Err(
-                RaftError::Unavailable(format!("not the leader (leader: {:?})", f.leader_id)),
-            ),
-            Ok(Ok(Err(e))) => Err(RaftError::Unavailable(e.to_string())),
+            Err(_) => Err("no quorum within the write timeout".into()),
+            Ok(Err(join)) => Err(join.to_string()),
+            Ok(Ok(Ok(resp))) => Ok((resp.log_id.index, resp.data)),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+        }
+    }
+
+    /// A read index, on the leader (the cluster port's `/cluster/read-index`).
+    pub async fn read_index_as_leader(&self) -> Result<u64, String> {
+        let raft = self.raft.clone();
+        let read = self
+            .runtime
+            .spawn(async move { raft.ensure_linearizable(ReadPolicy::ReadIndex).await });
+        match tokio::time::timeout(WRITE_TIMEOUT, read).await {
+            Err(_) => Err("no quorum within the read timeout".into()),
+            Ok(Err(join)) => Err(join.to_string()),
+            Ok(Ok(Ok(read_log_id))) => Ok(read_log_id.index()),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
         }
     }
 
@@ -187,7 +337,7 @@ impl RaftNode {
             let node = self.clone();
             self.runtime.spawn(async move { node.drive_barrier().await });
         }
-        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+        match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RaftError::Unavailable(e)),
             Ok(Err(_)) => Err(RaftError::Fatal("read barrier dropped".into())),
@@ -205,16 +355,34 @@ impl RaftNode {
                 }
                 std::mem::take(&mut s.waiting)
             };
-            let result = self
-                .raft
-                .ensure_linearizable(ReadPolicy::ReadIndex)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let result = self.one_read_index().await;
             for w in waiters {
                 let _ = w.send(result.clone());
             }
         }
+    }
+
+    /// Obtain a read index (locally when leading, else from the leader) and wait for it.
+    async fn one_read_index(&self) -> Result<(), String> {
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let mut last_error = String::from("no leader");
+        while Instant::now() < deadline {
+            if self.raft.is_leader() {
+                match self.read_index_as_leader().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last_error = e,
+                }
+            } else if let Some((_, url)) = self.leader() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.client.read_index(&url, left).await {
+                    Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
+                    Ok(Err(e)) => last_error = e,
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        Err(format!("no read index within {WRITE_TIMEOUT:?}: {last_error}"))
     }
 
     fn sole_voter(&self) -> bool {

@@ -277,6 +277,21 @@ impl StateReader {
         Ok(out)
     }
 
+    /// How many blobs are held by fewer than `want` nodes.
+    pub fn under_replicated(&self, want: usize) -> Result<u64, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(BLOBS).map_err(StateError::from)?;
+        let mut n = 0;
+        for row in t.iter().map_err(StateError::from)? {
+            let (_, v) = row.map_err(StateError::from)?;
+            let b: BlobRecord = decode(v.value()).map_err(StateError::from)?;
+            if b.nodes.len() < want {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Number of rows in each data table, for status output.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, StateError> {
         let tx = self.tx()?;

@@ -26,6 +26,7 @@ pub struct Registry {
     store: FsStore,
     uploads: Uploads,
     delete_enabled: bool,
+    replicas: usize,
 }
 
 /// A stored manifest as served.
@@ -50,13 +51,25 @@ pub struct PushedManifest {
 
 impl Registry {
     /// Assemble the service.
-    pub fn new(raft: RaftNode, store: FsStore, uploads: Uploads, delete_enabled: bool) -> Registry {
+    pub fn new(
+        raft: RaftNode,
+        store: FsStore,
+        uploads: Uploads,
+        delete_enabled: bool,
+        replicas: usize,
+    ) -> Registry {
         Registry {
             raft,
             store,
             uploads,
             delete_enabled,
+            replicas,
         }
+    }
+
+    /// `storage.replicas`: nodes that must hold a blob before it is acknowledged.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// The upload service.

@@ -55,6 +55,10 @@ impl TestNode {
         let parts = server::start(&config, rt.handle().clone(), arbiter.handle())
             .await
             .expect("node starts");
+        assert!(
+            parts.raft.wait_ready(std::time::Duration::from_secs(20)).await,
+            "node did not become ready"
+        );
         let state = web::Data::new(ApiState {
             registry: parts.registry.clone(),
             health: parts.health.clone(),

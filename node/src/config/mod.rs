@@ -5,14 +5,18 @@
 //! unknown key, whether in the file or in the environment, is an error that names its path.
 //! Tests build a [`Config`] in code and never go through this parser.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+
+mod env;
+mod sections;
+
+use env::{apply_env, merge};
+pub use sections::*;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -158,230 +162,6 @@ impl Default for Config {
     }
 }
 
-/// `log:`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace` (overridden by `RUST_LOG` when set).
-    pub level: String,
-    /// `text` or `json`.
-    pub formatter: String,
-    /// Fields added to every log line (the seed sets `service: registry`).
-    pub fields: BTreeMap<String, String>,
-    /// Access log settings.
-    pub accesslog: AccessLogConfig,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            formatter: "text".into(),
-            fields: BTreeMap::new(),
-            accesslog: AccessLogConfig::default(),
-        }
-    }
-}
-
-/// `log.accesslog:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AccessLogConfig {
-    /// Turn off the per-request access log line.
-    pub disabled: bool,
-}
-
-/// `storage:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// Blobs on the local filesystem (the default driver).
-    pub filesystem: Option<FilesystemConfig>,
-    /// Blobs pinned on IPFS through an Estuary service, with local disk as first tier.
-    pub estuary: Option<EstuaryConfig>,
-    /// Whether `DELETE` of blobs and manifests is allowed.
-    pub delete: DeleteConfig,
-    /// Redirects of blob pulls to the backend's gateway.
-    pub redirect: RedirectConfig,
-    /// Background maintenance.
-    pub maintenance: MaintenanceConfig,
-}
-
-/// `storage.filesystem:`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilesystemConfig {
-    /// The node's data directory: blobs, upload sessions and Raft state live under it.
-    pub rootdirectory: PathBuf,
-}
-
-impl Default for FilesystemConfig {
-    fn default() -> Self {
-        FilesystemConfig {
-            rootdirectory: PathBuf::from("./data"),
-        }
-    }
-}
-
-/// `storage.estuary:` (the seed's keys).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EstuaryConfig {
-    /// Estuary API URL.
-    pub url: String,
-    /// Shuttle URL that takes uploads.
-    #[serde(rename = "shuttle-url")]
-    pub shuttle_url: String,
-    /// Bearer token.
-    #[serde(rename = "auth-token")]
-    pub auth_token: String,
-    /// Local first tier: the node's data directory.
-    pub rootdirectory: PathBuf,
-}
-
-/// `storage.delete:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeleteConfig {
-    /// Allow deleting blobs, manifests and tags.
-    pub enabled: bool,
-}
-
-/// `storage.redirect:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedirectConfig {
-    /// Never redirect; always proxy bytes through the node.
-    pub disable: bool,
-}
-
-/// `storage.maintenance:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MaintenanceConfig {
-    /// Purging of abandoned upload sessions.
-    pub uploadpurging: UploadPurgingConfig,
-}
-
-/// `storage.maintenance.uploadpurging:` (distribution's keys and defaults).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UploadPurgingConfig {
-    /// Run the purger.
-    pub enabled: bool,
-    /// Sessions untouched for this long are purged.
-    pub age: GoDuration,
-    /// How often the purger runs.
-    pub interval: GoDuration,
-    /// Log what would be purged without purging.
-    pub dryrun: bool,
-}
-
-impl Default for UploadPurgingConfig {
-    fn default() -> Self {
-        UploadPurgingConfig {
-            enabled: true,
-            age: GoDuration(Duration::from_secs(168 * 3600)),
-            interval: GoDuration(Duration::from_secs(24 * 3600)),
-            dryrun: false,
-        }
-    }
-}
-
-/// `http:`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Listen address, Go style: `:5005` (all interfaces) or `host:port`.
-    pub addr: String,
-    /// Distribution signs upload state with it; IPCR replicates upload state instead, so it is
-    /// accepted for compatibility and not needed behind a load balancer.
-    pub secret: Option<String>,
-    /// Headers added to every response.
-    pub headers: BTreeMap<String, Vec<String>>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            addr: ":5005".into(),
-            secret: None,
-            headers: BTreeMap::new(),
-        }
-    }
-}
-
-impl HttpConfig {
-    /// The socket address to bind.
-    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
-        let addr = if self.addr.starts_with(':') {
-            format!("0.0.0.0{}", self.addr)
-        } else {
-            self.addr.clone()
-        };
-        addr.parse()
-            .map_err(|_| ConfigError::Invalid(format!("http.addr `{}` is not host:port", self.addr)))
-    }
-}
-
-/// `health:`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// Probes of the storage backend.
-    pub storagedriver: StorageDriverHealthConfig,
-}
-
-/// `health.storagedriver:`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageDriverHealthConfig {
-    /// Run the probe.
-    pub enabled: bool,
-    /// Time between probes.
-    pub interval: GoDuration,
-    /// Consecutive failures before the backend is reported unhealthy.
-    pub threshold: u32,
-}
-
-impl Default for StorageDriverHealthConfig {
-    fn default() -> Self {
-        StorageDriverHealthConfig {
-            enabled: false,
-            interval: GoDuration(Duration::from_secs(10)),
-            threshold: 3,
-        }
-    }
-}
-
-/// `cluster:`: this node's identity and its Raft timing.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// Raft node id. Chosen at random on first start and kept in the data directory when absent;
-    /// ids are never reused.
-    pub id: Option<u64>,
-    /// Raft heartbeat interval.
-    pub heartbeat: GoDuration,
-    /// Minimum election timeout (the maximum is twice this).
-    #[serde(rename = "election-timeout")]
-    pub election_timeout: GoDuration,
-    /// Applied entries kept in the log after a snapshot (for slow followers).
-    #[serde(rename = "snapshot-logs")]
-    pub snapshot_logs: u64,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig {
-            id: None,
-            heartbeat: GoDuration(Duration::from_millis(500)),
-            election_timeout: GoDuration(Duration::from_millis(1500)),
-            snapshot_logs: 5000,
-        }
-    }
-}
-
 impl Config {
     /// Load a YAML file (or the embedded defaults when `path` is `None`), then apply
     /// `REGISTRY_*` overrides from `env`.
@@ -426,7 +206,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Check that the values make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.socket_addr()?;
         if self.storage.filesystem.is_some() && self.storage.estuary.is_some() {
             return Err(ConfigError::Invalid(
@@ -438,6 +219,15 @@ impl Config {
                 "log.formatter `{}` must be text or json",
                 self.log.formatter
             )));
+        }
+        if self.storage.replicas == 0 {
+            return Err(ConfigError::Invalid("storage.replicas must be at least 1".into()));
+        }
+        socket_addr("cluster.addr", &self.cluster.addr)?;
+        if self.cluster.join.is_some() && self.cluster.secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "cluster.join needs cluster.secret (the secret the cluster's members share)".into(),
+            ));
         }
         if self.health.storagedriver.threshold == 0 {
             return Err(ConfigError::Invalid(
@@ -454,75 +244,6 @@ impl Config {
             (Some(fs), _) => fs.rootdirectory.clone(),
             _ => FilesystemConfig::default().rootdirectory,
         }
-    }
-}
-
-/// Overlay `from` onto `into`: objects merge key by key, anything else replaces.
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                match a.get_mut(&k) {
-                    Some(slot) if !v.is_null() => merge(slot, v),
-                    Some(_) => {}
-                    None => {
-                        a.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
-
-/// Env names spell keys uppercase with `_` for both nesting and `-`.
-fn env_name(key: &str) -> String {
-    key.to_ascii_uppercase().replace('-', "_")
-}
-
-/// Walk `REGISTRY_A_B_C` down the tree, matching the longest key at each level so that keys
-/// containing `-` (`SHUTTLE_URL`) work. Returns `None` when no key matches.
-fn apply_env(tree: &mut Value, rest: &str, raw: &str) -> Option<()> {
-    let Value::Object(map) = tree else { return None };
-    // A section absent from the defaults (an optional driver) becomes an empty object so that
-    // `REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY` works without the file naming the driver.
-    let keys: Vec<String> = map.keys().cloned().collect();
-    let mut matches: Vec<&String> = keys
-        .iter()
-        .filter(|k| {
-            let name = env_name(k);
-            rest == name || rest.starts_with(&format!("{name}_"))
-        })
-        .collect();
-    matches.sort_by_key(|k| std::cmp::Reverse(k.len()));
-    let key = (*matches.first()?).clone();
-    let name = env_name(&key);
-    let slot = map.get_mut(&key)?;
-    if rest == name {
-        *slot = env_value(raw);
-        return Some(());
-    }
-    if slot.is_null() {
-        *slot = optional_section(&key)?;
-    }
-    apply_env(slot, &rest[name.len() + 1..], raw)
-}
-
-/// The full key set of an optional section, so its keys can be matched.
-fn optional_section(key: &str) -> Option<Value> {
-    match key {
-        "filesystem" => serde_json::to_value(FilesystemConfig::default()).ok(),
-        "estuary" => serde_json::to_value(EstuaryConfig::default()).ok(),
-        "secret" | "id" => Some(Value::Null),
-        _ => None,
-    }
-}
-
-/// An environment value is read as a YAML scalar, so `true` and `3` keep their types.
-fn env_value(raw: &str) -> Value {
-    match serde_saphyr::from_str::<Value>(raw) {
-        Ok(v @ (Value::Bool(_) | Value::Number(_))) => v,
-        _ => Value::String(raw.to_string()),
     }
 }
 

@@ -1,0 +1,99 @@
+//! Leader-side RPCs for followers (forwarded writes, read indexes) and the administrative
+//! endpoints (join, leave, status). Join and leave sent to a follower are forwarded to the
+//! leader, so an operator can address any member.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use ipcr_proto::Command;
+use ipcr_proto::admin::{JoinRequest, LeaveRequest};
+use serde::Serialize;
+
+use super::{ClusterApi, decoded, encoded};
+use crate::raft::network::ForwardedWrite;
+
+/// How long a membership change may take (a learner catching up from a snapshot).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `POST /cluster/write`: propose a follower's command.
+pub async fn write(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web::Result<HttpResponse> {
+    let cmd: Command = decoded(&body)?;
+    let answer: ForwardedWrite = state.node.propose_as_leader(cmd).await;
+    Ok(encoded(&answer))
+}
+
+/// `POST /cluster/read-index`: a read index for a follower's linearizable read.
+pub async fn read_index(state: web::Data<ClusterApi>) -> HttpResponse {
+    encoded(&state.node.read_index_as_leader().await)
+}
+
+/// Run a membership change on the leader: here when this node leads, else by forwarding.
+async fn on_leader<T: Serialize + Send + 'static>(
+    state: &ClusterApi,
+    path: &'static str,
+    req: T,
+    here: impl Future<Output = Result<(), String>>,
+) -> HttpResponse {
+    if state.node.raft().is_leader() {
+        return match here.await {
+            Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
+            Err(e) => HttpResponse::ServiceUnavailable().body(e),
+        };
+    }
+    let Some(url) = state
+        .node
+        .metrics()
+        .current_leader
+        .and_then(|l| state.node.node_url(l))
+    else {
+        return HttpResponse::ServiceUnavailable().body("no leader known; retry");
+    };
+    let client = state.node.client().clone();
+    let call = state.node.runtime().spawn(async move {
+        let resp = client
+            .http()
+            .post(format!("{url}{path}"))
+            .header("Authorization", client.bearer())
+            .json(&req)
+            .timeout(MEMBERSHIP_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, text))
+    });
+    match call.await {
+        Ok(Ok((status, text))) => HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
+        )
+        .content_type("application/json")
+        .body(text),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("forwarding to the leader: {e}")),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+/// `POST /cluster/join`: add a node as learner, then voter once caught up.
+pub async fn join(state: web::Data<ClusterApi>, req: web::Json<JoinRequest>) -> HttpResponse {
+    let req = req.into_inner();
+    tracing::info!(node = req.id, addr = %req.addr, "join requested");
+    let here = state.node.add_member(req.id, req.addr.clone());
+    on_leader(&state, "/cluster/join", req, here).await
+}
+
+/// `POST /cluster/leave`: remove a node.
+pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -> HttpResponse {
+    let req = req.into_inner();
+    tracing::info!(node = req.id, "leave requested");
+    let here = state.node.remove_member(req.id);
+    on_leader(&state, "/cluster/leave", req, here).await
+}
+
+/// `GET /cluster/status`: this node's view of the cluster, as JSON.
+pub async fn status(state: web::Data<ClusterApi>) -> HttpResponse {
+    let voters = state.node.members().iter().filter(|(_, _, v)| *v).count();
+    let want = state.registry.replicas().min(voters.max(1));
+    let under = state.node.reader().under_replicated(want).unwrap_or_default();
+    HttpResponse::Ok().json(state.node.status(under))
+}

@@ -1,0 +1,300 @@
+//! The configuration's sections below the top level, with their defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, GoDuration};
+
+/// `log:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace` (overridden by `RUST_LOG` when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub formatter: String,
+    /// Fields added to every log line (the seed sets `service: registry`).
+    pub fields: BTreeMap<String, String>,
+    /// Access log settings.
+    pub accesslog: AccessLogConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            formatter: "text".into(),
+            fields: BTreeMap::new(),
+            accesslog: AccessLogConfig::default(),
+        }
+    }
+}
+
+/// `log.accesslog:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Turn off the per-request access log line.
+    pub disabled: bool,
+}
+
+/// `storage:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Blobs on the local filesystem (the default driver).
+    pub filesystem: Option<FilesystemConfig>,
+    /// Blobs pinned on IPFS through an Estuary service, with local disk as first tier.
+    pub estuary: Option<EstuaryConfig>,
+    /// Whether `DELETE` of blobs and manifests is allowed.
+    pub delete: DeleteConfig,
+    /// Redirects of blob pulls to the backend's gateway.
+    pub redirect: RedirectConfig,
+    /// Background maintenance.
+    pub maintenance: MaintenanceConfig,
+    /// Nodes whose disks must hold a blob (fsynced) before its upload is acknowledged; the
+    /// cluster's size when smaller.
+    pub replicas: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            filesystem: None,
+            estuary: None,
+            delete: DeleteConfig::default(),
+            redirect: RedirectConfig::default(),
+            maintenance: MaintenanceConfig::default(),
+            replicas: 2,
+        }
+    }
+}
+
+/// `storage.filesystem:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// The node's data directory: blobs, upload sessions and Raft state live under it.
+    pub rootdirectory: PathBuf,
+}
+
+impl Default for FilesystemConfig {
+    fn default() -> Self {
+        FilesystemConfig {
+            rootdirectory: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `storage.estuary:` (the seed's keys).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EstuaryConfig {
+    /// Estuary API URL.
+    pub url: String,
+    /// Shuttle URL that takes uploads.
+    #[serde(rename = "shuttle-url")]
+    pub shuttle_url: String,
+    /// Bearer token.
+    #[serde(rename = "auth-token")]
+    pub auth_token: String,
+    /// Local first tier: the node's data directory.
+    pub rootdirectory: PathBuf,
+}
+
+/// `storage.delete:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeleteConfig {
+    /// Allow deleting blobs, manifests and tags.
+    pub enabled: bool,
+}
+
+/// `storage.redirect:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedirectConfig {
+    /// Never redirect; always proxy bytes through the node.
+    pub disable: bool,
+}
+
+/// `storage.maintenance:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Purging of abandoned upload sessions.
+    pub uploadpurging: UploadPurgingConfig,
+}
+
+/// `storage.maintenance.uploadpurging:` (distribution's keys and defaults).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadPurgingConfig {
+    /// Run the purger.
+    pub enabled: bool,
+    /// Sessions untouched for this long are purged.
+    pub age: GoDuration,
+    /// How often the purger runs.
+    pub interval: GoDuration,
+    /// Log what would be purged without purging.
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurgingConfig {
+    fn default() -> Self {
+        UploadPurgingConfig {
+            enabled: true,
+            age: GoDuration(Duration::from_secs(168 * 3600)),
+            interval: GoDuration(Duration::from_secs(24 * 3600)),
+            dryrun: false,
+        }
+    }
+}
+
+/// `http:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address, Go style: `:5005` (all interfaces) or `host:port`.
+    pub addr: String,
+    /// Distribution signs upload state with it; IPCR replicates upload state instead, so it is
+    /// accepted for compatibility and not needed behind a load balancer.
+    pub secret: Option<String>,
+    /// Headers added to every response.
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: ":5005".into(),
+            secret: None,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Parse a Go-style listen address (`:5005` means every interface).
+pub fn socket_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    };
+    full.parse()
+        .map_err(|_| ConfigError::Invalid(format!("{key} `{addr}` is not host:port")))
+}
+
+impl HttpConfig {
+    /// The socket address to bind.
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        socket_addr("http.addr", &self.addr)
+    }
+}
+
+impl ClusterConfig {
+    /// The socket address of the cluster port.
+    pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
+        socket_addr("cluster.addr", &self.addr)
+    }
+
+    /// The URL peers use for this node: `advertise`, or one derived from `addr`.
+    pub fn advertise_url(&self) -> Result<String, ConfigError> {
+        if let Some(a) = &self.advertise {
+            return Ok(a.trim_end_matches('/').to_string());
+        }
+        let addr = self.socket_addr()?;
+        let host = if addr.ip().is_unspecified() {
+            hostname()
+        } else {
+            addr.ip().to_string()
+        };
+        Ok(format!("http://{host}:{}", addr.port()))
+    }
+}
+
+/// The machine's hostname (what containers and peers on one network resolve).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `health:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Probes of the storage backend.
+    pub storagedriver: StorageDriverHealthConfig,
+}
+
+/// `health.storagedriver:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageDriverHealthConfig {
+    /// Run the probe.
+    pub enabled: bool,
+    /// Time between probes.
+    pub interval: GoDuration,
+    /// Consecutive failures before the backend is reported unhealthy.
+    pub threshold: u32,
+}
+
+impl Default for StorageDriverHealthConfig {
+    fn default() -> Self {
+        StorageDriverHealthConfig {
+            enabled: false,
+            interval: GoDuration(Duration::from_secs(10)),
+            threshold: 3,
+        }
+    }
+}
+
+/// `cluster:`: this node's identity, its cluster port, and Raft timing.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Raft node id. Chosen at random on first start and kept in the data directory when absent;
+    /// ids are never reused.
+    pub id: Option<u64>,
+    /// Listen address of the cluster port (Raft, write forwarding, blob transfer), Go style.
+    pub addr: String,
+    /// The URL peers use to reach this node's cluster port. Derived from `addr` when absent
+    /// (with the machine's hostname when `addr` names no host).
+    pub advertise: Option<String>,
+    /// Shared secret every cluster-port request must carry. Without one, a random secret is
+    /// used and no other node can join.
+    pub secret: Option<String>,
+    /// Cluster URL of any member: a node with no Raft state asks it to be added, instead of
+    /// starting a cluster of its own.
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    pub heartbeat: GoDuration,
+    /// Minimum election timeout (the maximum is twice this).
+    #[serde(rename = "election-timeout")]
+    pub election_timeout: GoDuration,
+    /// Applied entries kept in the log after a snapshot (for slow followers).
+    #[serde(rename = "snapshot-logs")]
+    pub snapshot_logs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            id: None,
+            addr: ":5006".into(),
+            advertise: None,
+            secret: None,
+            join: None,
+            heartbeat: GoDuration(Duration::from_millis(500)),
+            election_timeout: GoDuration(Duration::from_millis(1500)),
+            snapshot_logs: 5000,
+        }
+    }
+}
