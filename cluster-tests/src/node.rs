@@ -29,6 +29,7 @@ pub struct Node {
     /// `None` only after `Drop` decided to keep it.
     dir: Option<tempfile::TempDir>,
     port: u16,
+    cluster_port: u16,
     child: Option<Child>,
     starts: u32,
     extra_env: Vec<(String, String)>,
@@ -52,6 +53,7 @@ impl Node {
             bin: node_binary(),
             dir: Some(dir),
             port: free_port(),
+            cluster_port: free_port(),
             child: None,
             starts: 0,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -69,6 +71,11 @@ impl Node {
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:<cluster port>`: the node's cluster port, as peers reach it.
+    pub fn cluster_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.cluster_port)
     }
 
     /// `127.0.0.1:<port>`, the registry host clients name in references.
@@ -137,6 +144,8 @@ impl Node {
             }
         }
         cmd.env("REGISTRY_HTTP_ADDR", self.host())
+            .env("REGISTRY_CLUSTER_ADDR", format!("127.0.0.1:{}", self.cluster_port))
+            .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", self.data_dir())
             .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
             .env("REGISTRY_LOG_LEVEL", "info")
@@ -238,6 +247,9 @@ impl Drop for Node {
         }
     }
 }
+
+/// The cluster secret every test node shares.
+pub const CLUSTER_SECRET: &str = "cluster-tests-secret";
 
 /// A port on 127.0.0.1 that the OS just handed out. The listener is dropped so the node can
 /// bind it; another process could take it in between, and then the node's log says so.

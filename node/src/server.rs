@@ -13,6 +13,9 @@ use tokio::runtime::Handle;
 
 use crate::api::cluster::ClusterApi;
 use crate::api::{self, ApiState, HttpSettings};
+use crate::cluster::Peers;
+use crate::cluster::repair::Repair;
+use crate::cluster::transfer::Transfers;
 use crate::config::Config;
 use crate::health::{self, Health};
 use crate::raft::{Bootstrap, RaftNode};
@@ -96,7 +99,7 @@ pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> 
         raft_rt,
     )
     .await?;
-    let uploads = Uploads::new(raft.clone(), store.clone(), arbiter);
+    let uploads = Uploads::new(raft.clone(), store.clone(), config.storage.replicas, arbiter);
     let registry = Registry::new(
         raft.clone(),
         store,
@@ -186,10 +189,18 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         .run();
     tracing::info!(%addr, "listening");
     let cluster_addr = config.cluster.socket_addr().map_err(io::Error::other)?;
+    let repair = Repair::new(
+        Peers::new(parts.raft.clone(), config.storage.replicas),
+        Transfers::new(parts.raft.clone()),
+        parts.registry.store().clone(),
+    );
+    spawn_repair(parts.raft.clone(), repair.clone());
     let cluster_state = web::Data::new(ClusterApi {
         node: parts.raft.clone(),
         registry: parts.registry.clone(),
         secret: parts.secret.clone(),
+        transfers: Transfers::new(parts.raft.clone()),
+        repair: repair.clone(),
     });
     let cluster_server = HttpServer::new(move || api::cluster::app(cluster_state.clone()))
         .workers(2)
@@ -206,6 +217,23 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let _ = cluster_task.await;
     parts.raft.shutdown().await;
     result
+}
+
+/// How often the leader looks for under-replicated blobs.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(10);
+/// Copies made per repair pass, at most.
+const REPAIR_BATCH: usize = 200;
+
+/// On the leader, give under-replicated blobs more copies every few seconds.
+fn spawn_repair(node: RaftNode, repair: Repair) {
+    node.runtime().clone().spawn(async move {
+        loop {
+            tokio::time::sleep(REPAIR_INTERVAL).await;
+            if node.raft().is_leader() {
+                repair.run_once(REPAIR_BATCH).await;
+            }
+        }
+    });
 }
 
 /// A node with no Raft state and a join target asks the cluster to add it, retrying until a

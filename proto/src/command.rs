@@ -54,6 +54,9 @@ pub struct ChunkRecord {
     pub len: u64,
     /// Nodes holding the chunk's bytes, fsynced.
     pub nodes: Vec<NodeId>,
+    /// Hash midstate after the chunk: with the previous chunk's, it verifies the chunk's bytes
+    /// wherever they are copied, without hashing the whole upload again.
+    pub hash: HashState,
 }
 
 /// An open upload session.
@@ -154,7 +157,8 @@ pub enum Command {
         /// Proposer's clock.
         now_ms: u64,
     },
-    /// Close a session: commit its blob, link it to the session's repository, drop the session.
+    /// Close a session: commit its blob, link it to the session's repository, drop the session
+    /// (remembering it finished, so that a retried close is answered the same).
     FinishUpload {
         /// Session id.
         id: String,
@@ -164,16 +168,29 @@ pub enum Command {
         size: u64,
         /// Nodes holding the assembled blob.
         nodes: Vec<NodeId>,
+        /// Proposer's clock.
+        now_ms: u64,
     },
     /// Cancel a session.
     CancelUpload {
         /// Session id.
         id: String,
     },
-    /// Drop sessions not updated since `before_ms` (distribution's upload purging).
+    /// Drop sessions not updated since `before_ms` (distribution's upload purging), and the
+    /// records of sessions finished before it.
     PurgeUploads {
         /// Cut-off, ms since the epoch.
         before_ms: u64,
+    },
+    /// Change which nodes hold a committed blob (a copy made for repair or caching, or a node
+    /// leaving).
+    BlobHolders {
+        /// The blob.
+        digest: Digest,
+        /// Nodes that now hold it, fsynced and verified.
+        add: Vec<NodeId>,
+        /// Nodes that no longer do.
+        remove: Vec<NodeId>,
     },
 }
 
@@ -201,6 +218,9 @@ impl fmt::Display for Command {
             Command::FinishUpload { id, digest, .. } => write!(f, "FinishUpload({id}, {digest})"),
             Command::CancelUpload { id } => write!(f, "CancelUpload({id})"),
             Command::PurgeUploads { before_ms } => write!(f, "PurgeUploads(<{before_ms})"),
+            Command::BlobHolders { digest, add, remove } => {
+                write!(f, "BlobHolders({digest}, +{add:?}, -{remove:?})")
+            }
         }
     }
 }

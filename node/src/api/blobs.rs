@@ -90,7 +90,7 @@ pub async fn get_blob(
     if head {
         return Ok(resp.body(HeadBody(len)));
     }
-    let stream = reg.read_blob(&digest, start, len)?;
+    let stream = reg.read_blob(&digest, &record, start, len).await?;
     resp.no_chunking(len);
     Ok(resp.streaming(stream))
 }

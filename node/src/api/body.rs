@@ -19,8 +19,10 @@ use crate::upload::writer::{BODY_CHANNEL, Body};
 
 /// Run `op` with the request body as a [`Body`] while this task pumps the payload into it.
 /// If `op` stops reading early (an error before the body), the pump stops too.
-pub async fn forward<F, Fut, T>(payload: web::Payload, op: F) -> T
+pub async fn forward<S, E, F, Fut, T>(payload: S, op: F) -> T
 where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
     F: FnOnce(Body) -> Fut,
     Fut: Future<Output = T>,
 {

@@ -10,7 +10,7 @@ pub mod cluster;
 pub mod error;
 pub mod router;
 
-mod blobs;
+pub mod blobs;
 mod listing;
 mod manifests;
 mod ops;

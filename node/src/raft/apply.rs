@@ -13,7 +13,8 @@ use ipcr_proto::{
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOBS, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UPLOADS, key, prefix_range,
+    BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UPLOADS, key,
+    prefix_range,
 };
 use super::{decode, encode};
 
@@ -186,6 +187,11 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             let Some(mut u) = t.record::<UploadRecord>(UPLOADS, id)? else {
                 return rejected(Reject::UploadUnknown);
             };
+            // The same chunk proposed again (a retry after a lost answer) changes nothing.
+            let last = u.chunks.last();
+            if last.is_some_and(|c| c.offset == *offset && c.len == *len && &c.hash == hash) {
+                return Ok(CommandResult::Ok);
+            }
             if *offset != u.size {
                 return rejected(Reject::RangeMismatch { size: u.size });
             }
@@ -195,6 +201,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 offset: *offset,
                 len: *len,
                 nodes: nodes.clone(),
+                hash: hash.clone(),
             });
             u.updated_ms = *now_ms;
             t.put_record(UPLOADS, id, &u)?;
@@ -204,12 +211,19 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             digest,
             size,
             nodes,
+            now_ms,
         } => {
             let Some(u) = t.record::<UploadRecord>(UPLOADS, id)? else {
+                // A retried close of a session that finished as this digest succeeds again.
+                let done = t.record::<(String, u64)>(FINISHED, id)?;
+                if done.is_some_and(|(d, _)| d == digest.to_string()) {
+                    return Ok(CommandResult::Ok);
+                }
                 return rejected(Reject::UploadUnknown);
             };
             t.commit_blob(&u.repo, digest, *size, nodes)?;
             t.del(UPLOADS, id)?;
+            t.put_record(FINISHED, id, &(digest.to_string(), *now_ms))?;
         }
         Command::CancelUpload { id } => {
             if !t.del(UPLOADS, id)? {
@@ -229,6 +243,25 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             for k in stale {
                 uploads.remove(k.as_str()).map_err(io_err)?;
             }
+            drop(uploads);
+            let mut finished = tx.open_table(FINISHED).map_err(io_err)?;
+            finished
+                .retain(|_, v| decode::<(String, u64)>(v).is_ok_and(|(_, ms)| ms >= *before_ms))
+                .map_err(io_err)?;
+        }
+        Command::BlobHolders { digest, add, remove } => {
+            let d = digest.to_string();
+            let Some(mut record) = t.record::<BlobRecord>(BLOBS, &d)? else {
+                return rejected(Reject::BlobUnknown);
+            };
+            record.nodes.retain(|n| !remove.contains(n));
+            for n in add {
+                if !record.nodes.contains(n) {
+                    record.nodes.push(*n);
+                }
+            }
+            record.nodes.sort_unstable();
+            t.put_record(BLOBS, &d, &record)?;
         }
     }
     Ok(CommandResult::Ok)

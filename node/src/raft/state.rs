@@ -40,9 +40,11 @@ pub(crate) const REPO_BLOBS: Table = TableDefinition::new("repo_blobs");
 pub(crate) const REFERRERS: Table = TableDefinition::new("referrers");
 /// Open upload sessions: `id` → `UploadRecord`.
 pub(crate) const UPLOADS: Table = TableDefinition::new("uploads");
+/// Recently finished sessions, so a retried close gets the same answer: `id` → (digest, ms).
+pub(crate) const FINISHED: Table = TableDefinition::new("finished_uploads");
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 8] = [
+pub(crate) const DATA_TABLES: [Table; 9] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -51,6 +53,7 @@ pub(crate) const DATA_TABLES: [Table; 8] = [
     REPO_BLOBS,
     REFERRERS,
     UPLOADS,
+    FINISHED,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
@@ -260,6 +263,20 @@ impl StateReader {
     /// An open upload session.
     pub fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StateError> {
         Self::record(Self::get(&self.tx()?, UPLOADS, id)?)
+    }
+
+    /// Every committed blob with its index entry, for repair.
+    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(BLOBS).map_err(StateError::from)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(StateError::from)? {
+            let (k, v) = row.map_err(StateError::from)?;
+            if let Ok(d) = k.value().parse() {
+                out.push((d, decode(v.value()).map_err(StateError::from)?));
+            }
+        }
+        Ok(out)
     }
 
     /// Every open upload session.

@@ -14,6 +14,9 @@ use ipcr_proto::{
 
 pub use error::RegistryError;
 
+use crate::cluster::Peers;
+use crate::cluster::read::{self, RemoteBlob};
+use crate::cluster::transfer::Transfers;
 use crate::raft::RaftNode;
 use crate::raft::state::Page;
 use crate::store::{BlobStream, FsStore};
@@ -27,6 +30,30 @@ pub struct Registry {
     uploads: Uploads,
     delete_enabled: bool,
     replicas: usize,
+    peers: Peers,
+    transfers: Transfers,
+}
+
+/// A blob's bytes, from this node's disk or from a peer.
+pub enum BlobBody {
+    /// Read here.
+    Local(BlobStream),
+    /// Streamed from a holder.
+    Remote(RemoteBlob),
+}
+
+impl futures::Stream for BlobBody {
+    type Item = std::io::Result<bytes::Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            BlobBody::Local(s) => std::pin::Pin::new(s).poll_next(cx),
+            BlobBody::Remote(s) => std::pin::Pin::new(s).poll_next(cx),
+        }
+    }
 }
 
 /// A stored manifest as served.
@@ -59,6 +86,8 @@ impl Registry {
         replicas: usize,
     ) -> Registry {
         Registry {
+            peers: Peers::new(raft.clone(), replicas),
+            transfers: Transfers::new(raft.clone()),
             raft,
             store,
             uploads,
@@ -75,6 +104,11 @@ impl Registry {
     /// The upload service.
     pub fn uploads(&self) -> &Uploads {
         &self.uploads
+    }
+
+    /// The local blob store.
+    pub fn store(&self) -> &FsStore {
+        &self.store
     }
 
     /// The Raft member.
@@ -222,29 +256,49 @@ impl Registry {
         Ok(all)
     }
 
-    /// A blob linked into `repo` (linearizable), ready to be read from this node's disk.
+    /// A blob linked into `repo` (linearizable), with its index entry.
     pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord, RegistryError> {
         self.raft.read_barrier().await?;
-        let record = self
-            .raft
+        self.raft
             .reader()
             .blob(repo, digest)?
-            .ok_or_else(|| self.unknown(repo, RegistryError::BlobUnknown))?;
-        match self.store.stat(digest)? {
-            Some(size) if size == record.size => Ok(record),
-            Some(size) => Err(RegistryError::Internal(format!(
-                "{digest} is {size} bytes on disk but {} in the index",
-                record.size
-            ))),
-            None => Err(RegistryError::Internal(format!(
-                "{digest} is indexed but not on this node's disk"
-            ))),
-        }
+            .ok_or_else(|| self.unknown(repo, RegistryError::BlobUnknown))
     }
 
-    /// Stream `len` bytes of a blob from `start`.
-    pub fn read_blob(&self, digest: &Digest, start: u64, len: u64) -> Result<BlobStream, RegistryError> {
-        Ok(self.store.read_range(digest, start, len)?)
+    /// Stream `len` bytes of a blob from `start`: from this node's disk when it holds the blob,
+    /// else from a node that does.
+    pub async fn read_blob(
+        &self,
+        digest: &Digest,
+        record: &BlobRecord,
+        start: u64,
+        len: u64,
+    ) -> Result<BlobBody, RegistryError> {
+        match self.store.stat(digest)? {
+            Some(size) if size == record.size => {
+                return Ok(BlobBody::Local(self.store.read_range(digest, start, len)?));
+            }
+            Some(size) => {
+                tracing::error!(%digest, size, indexed = record.size, "local copy has the wrong size")
+            }
+            None => {}
+        }
+        read::open(
+            &self.peers,
+            &self.transfers,
+            &self.store,
+            digest,
+            record,
+            start,
+            len,
+        )
+        .await
+        .map(BlobBody::Remote)
+        .map_err(|e| {
+            RegistryError::Raft(crate::raft::RaftError::Unavailable(format!(
+                "no holder of {digest} answered: {e}"
+            )))
+        })
     }
 
     /// Unlink a blob from a repository.
@@ -272,7 +326,7 @@ impl Registry {
         from: &RepoName,
     ) -> Result<bool, RegistryError> {
         self.raft.read_barrier().await?;
-        if self.raft.reader().blob(from, digest)?.is_none() || self.store.stat(digest)?.is_none() {
+        if self.raft.reader().blob(from, digest)?.is_none() {
             return Ok(false);
         }
         let cmd = Command::LinkBlob {

@@ -4,7 +4,9 @@
 //! Called by `api` (through thin handlers) and by the purge timer; calls `raft` to record
 //! every acknowledged chunk and `store` to make verified blobs visible.
 
+mod finish;
 pub mod hasher;
+pub mod replicate;
 pub mod session;
 pub mod writer;
 
@@ -15,9 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix::{Actor, Addr, ArbiterHandle, MailboxError};
 use ipcr_proto::{Algorithm, Command, CommandResult, Digest, RepoName};
 
+use crate::cluster::Peers;
+use crate::cluster::transfer::Transfers;
+use crate::cluster::wire::{FinishHeader, Plan, RemoteError};
 use crate::raft::{RaftError, RaftNode};
 use crate::store::FsStore;
-use hasher::ResumableHasher;
 use session::{Cancel, ChunkInfo, Finish, Status, UploadSession, Write};
 use writer::Body;
 
@@ -64,8 +68,36 @@ impl From<MailboxError> for UploadError {
     }
 }
 
+impl From<RemoteError> for UploadError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Unknown => UploadError::Unknown,
+            RemoteError::RangeMismatch(size) => UploadError::RangeMismatch { size },
+            RemoteError::SizeInvalid(m) => UploadError::SizeInvalid(m),
+            RemoteError::DigestInvalid(m) => UploadError::DigestInvalid(m),
+            RemoteError::Aborted(m) => UploadError::Aborted(m),
+            RemoteError::Unavailable(m) => UploadError::Raft(RaftError::Unavailable(m)),
+            RemoteError::Internal(m) => UploadError::Internal(m),
+        }
+    }
+}
+
+impl From<&UploadError> for RemoteError {
+    fn from(e: &UploadError) -> Self {
+        match e {
+            UploadError::Unknown => RemoteError::Unknown,
+            UploadError::RangeMismatch { size } => RemoteError::RangeMismatch(*size),
+            UploadError::SizeInvalid(m) => RemoteError::SizeInvalid(m.clone()),
+            UploadError::DigestInvalid(m) => RemoteError::DigestInvalid(m.clone()),
+            UploadError::Aborted(m) => RemoteError::Aborted(m.clone()),
+            UploadError::Raft(RaftError::Unavailable(m)) => RemoteError::Unavailable(m.clone()),
+            other => RemoteError::Internal(other.to_string()),
+        }
+    }
+}
+
 /// Run blocking file work on the blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T, UploadError>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, UploadError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, UploadError> + Send + 'static,
@@ -87,6 +119,8 @@ pub fn now_ms() -> u64 {
 pub struct UploadContext {
     raft: RaftNode,
     store: FsStore,
+    peers: Peers,
+    transfers: Transfers,
     sessions: Mutex<HashMap<String, Addr<UploadSession>>>,
 }
 
@@ -109,15 +143,22 @@ pub struct Uploads {
 
 impl Uploads {
     /// Sessions' actors run on `arbiter`; their blocking work on the blocking pool.
-    pub fn new(raft: RaftNode, store: FsStore, arbiter: ArbiterHandle) -> Uploads {
+    pub fn new(raft: RaftNode, store: FsStore, replicas: usize, arbiter: ArbiterHandle) -> Uploads {
         Uploads {
             ctx: Arc::new(UploadContext {
+                peers: Peers::new(raft.clone(), replicas),
+                transfers: Transfers::new(raft.clone()),
                 raft,
                 store,
                 sessions: Mutex::new(HashMap::new()),
             }),
             arbiter,
         }
+    }
+
+    /// Assemble and store the blob of a finished upload on this node (a peer's request).
+    pub async fn materialize(&self, plan: &Plan) -> Result<(), UploadError> {
+        replicate::materialize(&self.ctx, plan).await
     }
 
     /// Open a session; answers its id.
@@ -185,6 +226,24 @@ impl Uploads {
                 digest,
                 info,
                 body,
+                proxy: true,
+            })
+            .await?
+    }
+
+    /// A close proxied here by another node: done on this node.
+    pub async fn finish_here(&self, id: &str, header: FinishHeader, body: Body) -> Result<u64, UploadError> {
+        let info = ChunkInfo {
+            range: header.range,
+            content_length: header.content_length,
+        };
+        self.session(id)?
+            .send(Finish {
+                repo: header.repo,
+                digest: header.digest,
+                info,
+                body: Some(body),
+                proxy: false,
             })
             .await?
     }
@@ -207,40 +266,12 @@ impl Uploads {
         content_length: Option<u64>,
         body: Body,
     ) -> Result<u64, UploadError> {
-        let store = self.ctx.store.clone();
-        let tmp = store.temp_path();
-        let result = self.put_whole_via(&tmp, repo, digest, content_length, body).await;
-        let _ = FsStore::remove_file(&tmp);
-        result
-    }
-
-    async fn put_whole_via(
-        &self,
-        tmp: &std::path::Path,
-        repo: RepoName,
-        digest: Digest,
-        content_length: Option<u64>,
-        body: Body,
-    ) -> Result<u64, UploadError> {
-        let store = self.ctx.store.clone();
-        let path = tmp.to_path_buf();
-        let check = digest.clone();
-        let size = blocking(move || {
-            let hasher = ResumableHasher::new(check.algorithm());
-            let (hasher, size) = writer::append(path.clone(), 0, hasher, body, content_length)?;
-            let actual = hasher.digest();
-            if actual != check {
-                return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
-            }
-            store.commit(&path, &check)?;
-            Ok(size)
-        })
-        .await?;
+        let (size, nodes) = replicate::put_blob(&self.ctx, &digest, content_length, body).await?;
         let cmd = Command::CommitBlob {
             repo,
             digest,
             size,
-            nodes: vec![self.ctx.raft.id()],
+            nodes,
         };
         match self.ctx.raft.propose(cmd).await? {
             CommandResult::Ok => Ok(size),

@@ -14,8 +14,8 @@ use actix::prelude::*;
 use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord};
 
 use super::hasher::ResumableHasher;
-use super::writer::{self, Body};
-use super::{UploadContext, UploadError, blocking, now_ms};
+use super::writer::Body;
+use super::{UploadContext, UploadError, finish, now_ms, replicate};
 
 /// What a chunk request carries besides its body.
 #[derive(Debug, Clone)]
@@ -72,6 +72,9 @@ pub struct Finish {
     pub info: ChunkInfo,
     /// The last chunk, if the request has a body.
     pub body: Option<Body>,
+    /// May the close be proxied to the node holding most of the upload (not when it already
+    /// was)?
+    pub proxy: bool,
 }
 
 /// The session's current size.
@@ -91,13 +94,21 @@ pub struct Cancel {
 }
 
 /// A checked write request's inputs, owned so the work can leave the actor.
-struct Prepared {
-    start: u64,
-    expected: Option<u64>,
-    path: PathBuf,
-    hasher: ResumableHasher,
-    shared: Arc<UploadContext>,
-    id: String,
+pub(super) struct Prepared {
+    /// Where the chunk starts: the session's acknowledged size.
+    pub start: u64,
+    /// The body's expected length, when known.
+    pub expected: Option<u64>,
+    /// This node's file of the session.
+    pub path: PathBuf,
+    /// The hasher at `start`.
+    pub hasher: ResumableHasher,
+    /// The upload service.
+    pub shared: Arc<UploadContext>,
+    /// The session id.
+    pub id: String,
+    /// The replicated session record.
+    pub record: UploadRecord,
 }
 
 /// The actor.
@@ -170,6 +181,7 @@ impl UploadSession {
             hasher: self.hasher.clone(),
             shared: self.ctx.clone(),
             id: self.id.clone(),
+            record: self.record.clone(),
         })
     }
 
@@ -196,33 +208,26 @@ impl Handler<Write> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
     fn handle(&mut self, msg: Write, ctx: &mut Context<Self>) -> Self::Result {
-        let Prepared {
-            start,
-            expected,
-            path,
-            hasher,
-            shared,
-            id,
-        } = match self.prepare(&msg.repo, &msg.info, ctx) {
+        let p = match self.prepare(&msg.repo, &msg.info, ctx) {
             Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
         let work = async move {
-            let (hasher, written) =
-                blocking(move || writer::append(path, start, hasher, msg.body, expected)).await?;
-            if written == 0 {
-                return Ok((hasher, start));
+            let start = p.start;
+            let w = replicate::write_chunk(&p.shared, &p.id, start, p.hasher, msg.body, p.expected).await?;
+            if w.len == 0 {
+                return Ok((w.hasher, start));
             }
             let cmd = Command::AppendChunk {
-                id,
+                id: p.id,
                 offset: start,
-                len: written,
-                nodes: vec![shared.raft.id()],
-                hash: hasher.state(),
+                len: w.len,
+                nodes: w.nodes,
+                hash: w.hasher.state(),
                 now_ms: now_ms(),
             };
-            match shared.raft.propose(cmd).await? {
-                CommandResult::Ok => Ok((hasher, start + written)),
+            match p.shared.raft.propose(cmd).await? {
+                CommandResult::Ok => Ok((w.hasher, start + w.len)),
                 CommandResult::Rejected(Reject::RangeMismatch { size }) => {
                     Err(UploadError::RangeMismatch { size })
                 }
@@ -248,74 +253,21 @@ impl Handler<Finish> for UploadSession {
     type Result = AtomicResponse<Self, Result<u64, UploadError>>;
 
     fn handle(&mut self, msg: Finish, ctx: &mut Context<Self>) -> Self::Result {
-        let Prepared {
-            start,
-            expected,
-            path,
-            hasher,
-            shared,
-            id,
-        } = match self.prepare(&msg.repo, &msg.info, ctx) {
+        let p = match self.prepare(&msg.repo, &msg.info, ctx) {
             Ok(p) => p,
             Err(e) => return ready(Err(e)),
         };
-        let digest = msg.digest;
-        let work = async move {
-            let blocking_path = path.clone();
-            let check_digest = digest.clone();
-            let (size, actual) = blocking(move || -> Result<(u64, Digest), UploadError> {
-                let (hasher, written) = match msg.body {
-                    Some(body) => writer::append(blocking_path.clone(), start, hasher, body, expected)?,
-                    None => {
-                        writer::settle(&blocking_path, start)?;
-                        (hasher, 0)
-                    }
-                };
-                let size = start + written;
-                let actual = if hasher.algorithm() == check_digest.algorithm() {
-                    hasher.digest()
-                } else {
-                    writer::rehash(&blocking_path, size, check_digest.algorithm())?
-                };
-                Ok((size, actual))
-            })
-            .await?;
-            if actual != digest {
-                // A wrong digest ends the session: its bytes can never become this blob.
-                let _ = shared
-                    .raft
-                    .propose(Command::CancelUpload { id: id.clone() })
-                    .await;
-                let _ = crate::store::FsStore::remove_file(&path);
-                return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
-            }
-            let store = shared.store.clone();
-            let commit_path = path.clone();
-            let commit_digest = digest.clone();
-            blocking(move || Ok(store.commit(&commit_path, &commit_digest)?)).await?;
-            let cmd = Command::FinishUpload {
-                id,
-                digest,
-                size,
-                nodes: vec![shared.raft.id()],
-            };
-            match shared.raft.propose(cmd).await? {
-                CommandResult::Ok => {
-                    let _ = crate::store::FsStore::remove_file(&path);
-                    Ok(size)
+        AtomicResponse::new(Box::pin(finish::finish(p, msg).into_actor(self).map(
+            |res, act, ctx| {
+                if matches!(
+                    res,
+                    Ok(_) | Err(UploadError::Unknown | UploadError::DigestInvalid(_))
+                ) {
+                    act.end(ctx);
                 }
-                CommandResult::Rejected(_) => Err(UploadError::Unknown),
-            }
-        };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| {
-            if matches!(
-                res,
-                Ok(_) | Err(UploadError::Unknown | UploadError::DigestInvalid(_))
-            ) {
-                act.end(ctx);
-            }
-            res
-        })))
+                res
+            },
+        )))
     }
 }
 

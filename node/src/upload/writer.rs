@@ -3,6 +3,7 @@
 //! The HTTP handler forwards the body's chunks through a bounded channel, so at most a few
 //! chunks are in memory whatever the blob's size. A failed or short write leaves the file
 //! exactly as long as it was before, so the session's acknowledged state and its bytes agree.
+//! Upload files may be sparse: a node holds the chunks it received, at their offsets.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -73,15 +74,29 @@ impl<'scope> Flusher<'scope> {
     }
 }
 
-/// Append `body` to the file at `path`, which must hold exactly `start` acknowledged bytes
-/// (longer leftovers of a failed write are cut). Returns the updated hasher and the number of
-/// bytes written. When `expected` is known, the body must have exactly that length.
-pub fn append(
+/// How a write treats what the file holds past the write's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The write extends the acknowledged bytes: anything past `start` is the leftover of a
+    /// write that was never acknowledged, and is cut first (and again if this write fails).
+    Append,
+    /// The write fills a hole of a sparse upload file (a chunk copied from its holder): the
+    /// file's other bytes stay.
+    Fill,
+}
+
+/// Write `body` into the file at `path` from `start`, hashing it with `hasher`, and fsync. A
+/// file shorter than `start` gets a hole (chunks held elsewhere). Returns the updated hasher
+/// and the number of bytes written. When `expected` is known, the body must have exactly that
+/// length. Every chunk is also sent to `tee` (a replica's stream) while it lasts.
+pub fn write(
     path: PathBuf,
     start: u64,
     mut hasher: ResumableHasher,
     mut body: Body,
     expected: Option<u64>,
+    mut tee: Option<mpsc::Sender<Bytes>>,
+    mode: Mode,
 ) -> Result<(ResumableHasher, u64), UploadError> {
     let mut file = OpenOptions::new()
         .create(true)
@@ -89,12 +104,7 @@ pub fn append(
         .write(true)
         .open(&path)?;
     let len = file.metadata()?.len();
-    if len < start {
-        return Err(UploadError::Internal(format!(
-            "upload file holds {len} bytes, session acknowledged {start}"
-        )));
-    }
-    if len > start {
+    if mode == Mode::Append && len > start {
         file.set_len(start)?;
     }
     file.seek(SeekFrom::Start(start))?;
@@ -112,6 +122,13 @@ pub fn append(
             }
             hasher.update(&chunk);
             out.write_all(&chunk)?;
+            // A replica that stopped reading is replaced afterwards, from this file.
+            if tee
+                .as_ref()
+                .is_some_and(|t| t.blocking_send(chunk.clone()).is_err())
+            {
+                tee = None;
+            }
             flusher.wrote(written);
         }
         out.flush()?;
@@ -131,7 +148,9 @@ pub fn append(
     match result {
         Ok(()) => Ok((hasher, written)),
         Err(e) => {
-            let _ = file.set_len(start);
+            if mode == Mode::Append {
+                let _ = file.set_len(len.min(start));
+            }
             Err(e)
         }
     }

@@ -86,7 +86,12 @@ pub async fn join(state: web::Data<ClusterApi>, req: web::Json<JoinRequest>) -> 
 pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -> HttpResponse {
     let req = req.into_inner();
     tracing::info!(node = req.id, "leave requested");
-    let here = state.node.remove_member(req.id);
+    let (repair, node, id) = (state.repair.clone(), state.node.clone(), req.id);
+    let here = async move {
+        // Every blob it holds first gets enough copies on the nodes that stay.
+        repair.evacuate(id).await?;
+        node.remove_member(id).await
+    };
     on_leader(&state, "/cluster/leave", req, here).await
 }
 

@@ -6,6 +6,7 @@
 
 mod control;
 mod raft;
+mod transfer;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -26,6 +27,10 @@ pub struct ClusterApi {
     pub registry: Registry,
     /// The secret every request must present.
     pub secret: String,
+    /// Peer transfers.
+    pub transfers: crate::cluster::transfer::Transfers,
+    /// Re-replication (a leaving node's blobs).
+    pub repair: crate::cluster::repair::Repair,
 }
 
 /// Refuse any request without the cluster secret.
@@ -75,6 +80,22 @@ pub fn app(
         .route("/cluster/join", web::post().to(control::join))
         .route("/cluster/leave", web::post().to(control::leave))
         .route("/cluster/status", web::get().to(control::status))
+        .route("/cluster/uploads/{id}/chunk", web::put().to(transfer::put_chunk))
+        .route(
+            "/cluster/uploads/{id}/bytes",
+            web::get().to(transfer::get_upload_bytes),
+        )
+        .route(
+            "/cluster/uploads/{id}/materialize",
+            web::post().to(transfer::materialize),
+        )
+        .route("/cluster/uploads/{id}/finish", web::put().to(transfer::finish))
+        .route("/cluster/blobs/{digest}", web::get().to(transfer::get_blob))
+        .route("/cluster/blobs/{digest}", web::put().to(transfer::put_blob))
+        .route(
+            "/cluster/blobs/{digest}/fetch",
+            web::post().to(transfer::fetch_blob),
+        )
 }
 
 /// An encoded (`raft::encode`) answer.

@@ -1,0 +1,188 @@
+//! Keeping every blob on enough nodes: the leader's background repair, making copies for a
+//! node about to leave, and storing a copy of a blob fetched from a holder.
+//!
+//! A blob counts as held only by current voters; a node that died and was removed, or is
+//! leaving, no longer counts. New copies are fetched by the target node from a holder,
+//! verified against the digest while written, stored, and then recorded with `BlobHolders`.
+
+use std::collections::BTreeSet;
+
+use ipcr_proto::{BlobRecord, Command, CommandResult, Digest, NodeId};
+
+use super::Peers;
+use super::transfer::Transfers;
+use crate::store::FsStore;
+use crate::upload::hasher::ResumableHasher;
+use crate::upload::writer::{self, Mode};
+
+/// Store a verified copy of `digest` on this node, fetched from the first of `sources` that
+/// serves it whole and right.
+pub async fn copy_here(
+    transfers: &Transfers,
+    store: &FsStore,
+    digest: &Digest,
+    size: u64,
+    sources: &[String],
+) -> Result<(), String> {
+    if store.stat(digest).map_err(|e| e.to_string())? == Some(size) {
+        return Ok(());
+    }
+    let mut last_error = String::from("no source");
+    for source in sources {
+        let fetched = transfers.fetch(source, &format!("/cluster/blobs/{digest}"), 0, size);
+        let tmp = store.temp_path();
+        let (path, check, st, from) = (tmp.clone(), digest.clone(), store.clone(), source.clone());
+        let stored = crate::upload::blocking(move || {
+            let hasher = ResumableHasher::new(check.algorithm());
+            let (hasher, _) =
+                writer::write(path.clone(), 0, hasher, fetched, Some(size), None, Mode::Append)?;
+            if hasher.digest() != check {
+                return Err(crate::upload::UploadError::DigestInvalid(format!(
+                    "{from} served bytes hashing to {}",
+                    hasher.digest()
+                )));
+            }
+            st.commit(&path, &check)?;
+            Ok(())
+        })
+        .await;
+        let _ = FsStore::remove_file(&tmp);
+        match stored {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    Err(last_error)
+}
+
+/// The repair service of a node.
+#[derive(Clone)]
+pub struct Repair {
+    peers: Peers,
+    transfers: Transfers,
+    store: FsStore,
+}
+
+impl Repair {
+    /// Repairs made by `peers`' node.
+    pub fn new(peers: Peers, transfers: Transfers, store: FsStore) -> Repair {
+        Repair {
+            peers,
+            transfers,
+            store,
+        }
+    }
+
+    fn voters_except(&self, leaving: Option<NodeId>) -> Vec<(NodeId, String)> {
+        self.peers
+            .node()
+            .members()
+            .into_iter()
+            .filter(|(id, _, voter)| *voter && Some(*id) != leaving)
+            .map(|(id, url, _)| (id, url))
+            .collect()
+    }
+
+    /// Make one more copy of a blob on a voter that lacks it. Answers the new holder.
+    async fn copy_once(
+        &self,
+        digest: &Digest,
+        record: &BlobRecord,
+        voters: &[(NodeId, String)],
+    ) -> Result<NodeId, String> {
+        let me = self.peers.node().id();
+        let holders: Vec<&(NodeId, String)> = voters
+            .iter()
+            .filter(|(id, _)| record.nodes.contains(id))
+            .collect();
+        let sources: Vec<String> = holders.iter().map(|(_, url)| url.clone()).collect();
+        let mut targets: Vec<&(NodeId, String)> = voters
+            .iter()
+            .filter(|(id, _)| !record.nodes.contains(id))
+            .collect();
+        let order = self.peers.ranked(&digest.to_string());
+        targets.sort_by_key(|(id, _)| order.iter().position(|(o, _)| o == id).unwrap_or(0));
+        let mut last_error = String::from("no voter lacks the blob");
+        for (target, url) in targets {
+            let copied = if *target == me {
+                copy_here(&self.transfers, &self.store, digest, record.size, &sources).await
+            } else {
+                self.transfers.replicate(url, digest, sources.clone()).await
+            };
+            match copied {
+                Ok(()) => {
+                    let cmd = Command::BlobHolders {
+                        digest: digest.clone(),
+                        add: vec![*target],
+                        remove: Vec::new(),
+                    };
+                    return match self.peers.node().propose(cmd).await {
+                        Ok(CommandResult::Ok) => Ok(*target),
+                        Ok(CommandResult::Rejected(r)) => Err(r.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                }
+                Err(e) => last_error = format!("copy to node {target}: {e}"),
+            }
+        }
+        Err(last_error)
+    }
+
+    /// One pass over the blob index: give every blob held by fewer voters than needed one
+    /// more copy, at most `limit` copies. Answers how many were made.
+    pub async fn run_once(&self, limit: usize) -> usize {
+        let voters = self.voters_except(None);
+        let want = self.peers.copies();
+        let Ok(blobs) = self.peers.node().reader().blobs() else {
+            return 0;
+        };
+        let mut made = 0;
+        for (digest, record) in blobs {
+            if made >= limit {
+                break;
+            }
+            let held = voters.iter().filter(|(id, _)| record.nodes.contains(id)).count();
+            if held == 0 || held >= want {
+                continue;
+            }
+            match self.copy_once(&digest, &record, &voters).await {
+                Ok(node) => {
+                    made += 1;
+                    tracing::info!(%digest, node, "repaired an under-replicated blob");
+                }
+                Err(e) => tracing::warn!(%digest, error = %e, "could not repair an under-replicated blob"),
+            }
+        }
+        made
+    }
+
+    /// Before `leaving` leaves: every blob it holds gets enough copies on the voters that
+    /// stay, and stops counting it as a holder.
+    pub async fn evacuate(&self, leaving: NodeId) -> Result<(), String> {
+        let voters = self.voters_except(Some(leaving));
+        let want = self.peers.replicas_for(voters.len());
+        let blobs = self.peers.node().reader().blobs().map_err(|e| e.to_string())?;
+        for (digest, mut record) in blobs {
+            if !record.nodes.contains(&leaving) {
+                continue;
+            }
+            let staying: BTreeSet<NodeId> = voters.iter().map(|(id, _)| *id).collect();
+            // The leaving node is still a source while it is a member.
+            let mut sources = voters.clone();
+            if let Some(url) = self.peers.node().node_url(leaving) {
+                sources.push((leaving, url));
+            }
+            while record.nodes.iter().filter(|n| staying.contains(n)).count() < want {
+                let node = self.copy_once(&digest, &record, &sources).await?;
+                record.nodes.push(node);
+            }
+            let cmd = Command::BlobHolders {
+                digest: digest.clone(),
+                add: Vec::new(),
+                remove: vec![leaving],
+            };
+            self.peers.node().propose(cmd).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
