@@ -3,6 +3,8 @@
 //!
 //! - [`node`]: start, wait for, `kill -9` and restart a node process; its log is printed when
 //!   a test fails.
+//! - [`cluster`]: several nodes forming one cluster (joining through a member), waits on the
+//!   cluster's status, and haproxy in front of them.
 //! - [`tools`]: require an external tool; skip the test locally, fail loudly under `CI=true`.
 //! - [`oci`]: build and read OCI image layouts on disk (tar and gzip layers, configs,
 //!   manifests, indexes), byte for byte under the test's control.
@@ -13,10 +15,12 @@
 //! helpers that wait are `wait_*`.
 
 pub mod client;
+pub mod cluster;
 pub mod node;
 pub mod oci;
 pub mod tools;
 
+pub use cluster::{Balancer, Cluster};
 pub use node::Node;
 
 /// `sha256:<hex>` of `bytes`.

@@ -144,7 +144,10 @@ impl Node {
             }
         }
         cmd.env("REGISTRY_HTTP_ADDR", self.host())
-            .env("REGISTRY_CLUSTER_ADDR", format!("127.0.0.1:{}", self.cluster_port))
+            .env(
+                "REGISTRY_CLUSTER_ADDR",
+                format!("127.0.0.1:{}", self.cluster_port),
+            )
             .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", self.data_dir())
             .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")

@@ -51,12 +51,7 @@ impl Transfers {
 
     /// Start copying a chunk to `peer` while it is being received: answers the sender to feed
     /// with the chunk's bytes (drop it at the end) and the replica's acknowledgement.
-    pub fn copy_chunk(
-        &self,
-        peer: &str,
-        id: &str,
-        header: ChunkHeader,
-    ) -> Copy<(u64, HashState)> {
+    pub fn copy_chunk(&self, peer: &str, id: &str, header: ChunkHeader) -> Copy<(u64, HashState)> {
         let (tx, rx) = mpsc::channel::<Bytes>(TEE_CHANNEL);
         let stream = receiver_stream(rx).map(Ok::<Bytes, std::io::Error>);
         let url = format!("{peer}/cluster/uploads/{id}/chunk");
@@ -93,11 +88,7 @@ impl Transfers {
 
     /// Start copying a whole blob to `peer` while it is being received; the replica verifies
     /// the digest itself before acknowledging.
-    pub fn copy_blob(
-        &self,
-        peer: &str,
-        digest: &Digest,
-    ) -> Copy<()> {
+    pub fn copy_blob(&self, peer: &str, digest: &Digest) -> Copy<()> {
         let (tx, rx) = mpsc::channel::<Bytes>(TEE_CHANNEL);
         let stream = receiver_stream(rx).map(Ok::<Bytes, std::io::Error>);
         let url = format!("{peer}/cluster/blobs/{digest}");
