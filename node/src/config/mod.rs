@@ -355,6 +355,46 @@ health:
     }
 
     #[test]
+    fn cluster_keys_load_and_override() {
+        let yaml = "cluster:\n  addr: 10.0.0.5:7000\n  secret: s\nstorage:\n  replicas: 3\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap();
+        assert_eq!(c.cluster.socket_addr().unwrap().port(), 7000);
+        assert_eq!(c.cluster.advertise_url().unwrap(), "http://10.0.0.5:7000");
+        assert_eq!(c.storage.replicas, 3);
+
+        let env = vec![
+            ("REGISTRY_CLUSTER_JOIN".to_string(), "http://node1:5006".to_string()),
+            ("REGISTRY_CLUSTER_SECRET".to_string(), "t0p".to_string()),
+            ("REGISTRY_CLUSTER_ADVERTISE".to_string(), "http://me:5006/".to_string()),
+            ("REGISTRY_CLUSTER_ADDR".to_string(), ":5106".to_string()),
+            ("REGISTRY_CLUSTER_ID".to_string(), "42".to_string()),
+            ("REGISTRY_STORAGE_REPLICAS".to_string(), "1".to_string()),
+        ];
+        let c = Config::from_yaml("", env).unwrap();
+        assert_eq!(c.cluster.join.as_deref(), Some("http://node1:5006"));
+        assert_eq!(c.cluster.secret.as_deref(), Some("t0p"));
+        assert_eq!(c.cluster.advertise_url().unwrap(), "http://me:5006");
+        assert_eq!(c.cluster.socket_addr().unwrap().port(), 5106);
+        assert_eq!(c.cluster.id, Some(42));
+        assert_eq!(c.storage.replicas, 1);
+
+        // Defaults: the cluster port on every interface, advertised under the hostname.
+        let c = Config::from_yaml("", no_env()).unwrap();
+        assert_eq!(c.cluster.addr, ":5006");
+        assert!(c.cluster.advertise_url().unwrap().ends_with(":5006"));
+        assert_eq!(c.storage.replicas, 2);
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        let join_without_secret = vec![("REGISTRY_CLUSTER_JOIN".to_string(), "http://x:1".to_string())];
+        assert!(Config::from_yaml("", join_without_secret).is_err());
+        assert!(Config::from_yaml("storage:\n  replicas: 0\n", no_env()).is_err());
+        assert!(Config::from_yaml("cluster:\n  addr: nowhere\n", no_env()).is_err());
+        assert!(Config::from_yaml("cluster:\n  peers: []\n", no_env()).is_err());
+    }
+
+    #[test]
     fn durations_parse_go_style() {
         assert_eq!(GoDuration::parse("10s").unwrap().0, Duration::from_secs(10));
         assert_eq!(GoDuration::parse("1h30m").unwrap().0, Duration::from_secs(5400));
