@@ -221,3 +221,142 @@ impl Drop for Balancer {
         }
     }
 }
+
+/// One server of the balancer as haproxy's `show stat` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerStat {
+    /// `status`: `UP`, `DOWN`, `DRAIN`, `MAINT`, `UP 1/2`, ...
+    pub status: String,
+    /// `scur`: requests (streams) it is serving now.
+    pub current: u64,
+    /// `stot`: requests it has been given so far.
+    pub total: u64,
+}
+
+impl Balancer {
+    /// Like [`Balancer::start`] (the same configuration), plus haproxy's admin socket, so that a
+    /// test can drain a server before stopping its node ([`Balancer::set_state`]) and watch its
+    /// sessions ([`Balancer::server_stat`]).
+    pub fn start_with_admin(backends: &[String]) -> Balancer {
+        let dir = tempfile::Builder::new()
+            .prefix("ipcr-haproxy-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let socket = dir.path().join("admin.sock");
+        let mut config = format!(
+            "global\n  maxconn 2000\n  stats socket {} level admin\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n",
+            socket.display()
+        );
+        for (i, b) in backends.iter().enumerate() {
+            config.push_str(&format!("  server n{i} {b} check\n"));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).expect("writing haproxy.cfg");
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting haproxy (apt-get install haproxy)");
+        let b = Balancer {
+            port,
+            child: Some(child),
+            _dir: dir,
+            config: path,
+        };
+        b.wait_answering();
+        b
+    }
+
+    /// Send one command to the admin socket (only after [`Balancer::start_with_admin`]) and
+    /// return haproxy's answer.
+    pub fn admin(&self, command: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let socket = self._dir.path().join("admin.sock");
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+            .unwrap_or_else(|e| panic!("connecting to haproxy's admin socket {}: {e}", socket.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("socket timeout");
+        // Without `prompt` mode haproxy answers one command and closes the connection.
+        stream
+            .write_all(format!("{command}\n").as_bytes())
+            .expect("writing to haproxy's admin socket");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .unwrap_or_else(|e| panic!("reading haproxy's answer to `{command}`: {e}"));
+        answer
+    }
+
+    /// `set server nodes/n<i> state <state>`: `ready`, `drain` (no new requests, those in
+    /// flight finish, health checks go on) or `maint`.
+    pub fn set_state(&self, i: usize, state: &str) {
+        let answer = self.admin(&format!("set server nodes/n{i} state {state}"));
+        assert!(
+            answer.trim().is_empty(),
+            "haproxy refused state {state} for n{i}: {answer}"
+        );
+    }
+
+    /// Server `n<i>` as `show stat` reports it.
+    pub fn server_stat(&self, i: usize) -> ServerStat {
+        let csv = self.admin("show stat");
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .unwrap_or_else(|| panic!("`show stat` without a header: {csv}"))
+            .split(',')
+            .collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .unwrap_or_else(|| panic!("`show stat` has no column {name}"))
+        };
+        let (px, sv, status, scur, stot) = (
+            col("pxname"),
+            col("svname"),
+            col("status"),
+            col("scur"),
+            col("stot"),
+        );
+        let name = format!("n{i}");
+        let row: Vec<&str> = lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|r| r.get(px) == Some(&"nodes") && r.get(sv) == Some(&name.as_str()))
+            .unwrap_or_else(|| panic!("`show stat` has no server nodes/{name}: {csv}"));
+        let number = |c: usize| row[c].parse::<u64>().unwrap_or(0);
+        ServerStat {
+            status: row[status].to_string(),
+            current: number(scur),
+            total: number(stot),
+        }
+    }
+
+    /// Wait until server `n<i>` satisfies `done`, or panic after `timeout`.
+    pub fn wait_server(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&ServerStat) -> bool,
+    ) -> ServerStat {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stat = self.server_stat(i);
+            if done(&stat) {
+                return stat;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "haproxy server n{i} not {what} within {timeout:?}: {stat:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -5,19 +5,24 @@
 //!   a test fails.
 //! - [`cluster`]: several nodes forming one cluster (joining through a member), waits on the
 //!   cluster's status, and haproxy in front of them.
+//! - [`netns`]: nodes each in its own network namespace, so that one can be partitioned off.
 //! - [`tools`]: require an external tool; skip the test locally, fail loudly under `CI=true`.
 //! - [`oci`]: build and read OCI image layouts on disk (tar and gzip layers, configs,
 //!   manifests, indexes), byte for byte under the test's control.
 //! - [`client`]: a minimal blocking OCI distribution client that reports exactly what the
 //!   server acknowledged.
+//! - [`pushes`]: images pushed with bounded retries while nodes fail or change, and checks of
+//!   what was acknowledged.
 //!
 //! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
 //! helpers that wait are `wait_*`.
 
 pub mod client;
 pub mod cluster;
+pub mod netns;
 pub mod node;
 pub mod oci;
+pub mod pushes;
 pub mod tools;
 
 pub use cluster::{Balancer, Cluster};

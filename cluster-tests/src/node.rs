@@ -304,3 +304,82 @@ pub fn node_binary() -> PathBuf {
         ),
     }
 }
+
+impl Node {
+    /// Spawn a node that neither bootstraps a cluster of its own nor joins one by itself, and
+    /// return without waiting for `/ready`: it waits for an operator to add it
+    /// (`ipcr-node join <member> --node <its cluster url>`).
+    ///
+    /// A node with no Raft state and no join target would initialize a one-member cluster, so
+    /// its join target is its own cluster port, which cannot add it (it knows no leader and
+    /// answers `503`, and the node keeps asking). Once a member has added it, the node is ready
+    /// and that join request succeeds as a no-op. Call [`Node::wait_ready`] after the join.
+    pub fn start_awaiting_join(name: &str, env: &[(&str, &str)]) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ipcr-{name}-"))
+            .tempdir()
+            .expect("creating the node's temporary directory");
+        std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
+        let mut node = Node {
+            name: name.to_string(),
+            bin: node_binary(),
+            dir: Some(dir),
+            port: free_port(),
+            cluster_port: free_port(),
+            child: None,
+            starts: 0,
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let own = node.cluster_url();
+        node.extra_env.retain(|(k, _)| k != "REGISTRY_CLUSTER_JOIN");
+        node.extra_env.push(("REGISTRY_CLUSTER_JOIN".to_string(), own));
+        node.spawn();
+        node
+    }
+}
+
+impl Node {
+    /// Send SIGTERM: the node stops accepting connections and finishes the requests in
+    /// flight before it exits. Returns at once; [`Node::wait_exit`] waits for the exit.
+    pub fn sigterm(&mut self) {
+        let pid = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+            .id();
+        let mut log = OpenOptions::new().append(true).open(self.log_path()).ok();
+        if let Some(log) = log.as_mut() {
+            let _ = writeln!(log, "==== cluster-tests: SIGTERM sent to {} ====", self.name);
+        }
+        crate::tools::must_run(
+            Command::new("kill").args(["-TERM", &pid.to_string()]),
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Wait until the process exits by itself (after [`Node::sigterm`]) and reap it; panics
+    /// after `timeout`. [`Node::restart`] starts it again.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self
+            .child
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        loop {
+            if let Some(status) = child.try_wait().expect("polling the node process") {
+                self.child = None;
+                let mut log = OpenOptions::new().append(true).open(self.log_path()).ok();
+                if let Some(log) = log.as_mut() {
+                    let _ = writeln!(log, "==== cluster-tests: {} exited with {status} ====", self.name);
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still running {timeout:?} after SIGTERM",
+                self.name
+            );
+            std::thread::sleep(READY_POLL);
+        }
+    }
+}

@@ -202,8 +202,12 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         transfers: Transfers::new(parts.raft.clone()),
         repair: repair.clone(),
     });
+    // Only the registry server reacts to SIGTERM: it finishes in-flight requests, then the
+    // cluster port is stopped. Two servers handling signals each would stop the whole actix
+    // system as soon as the first one was done, cutting off pulls still streaming.
     let cluster_server = HttpServer::new(move || api::cluster::app(cluster_state.clone()))
         .workers(2)
+        .disable_signals()
         .bind(cluster_addr)?
         .run();
     tracing::info!(addr = %cluster_addr, advertise = %parts.advertise, "cluster port listening");

@@ -109,10 +109,12 @@ pub async fn request_span(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let id = uuid::Uuid::new_v4().simple().to_string();
+    let is_probe = matches!(req.path(), "/ready" | "/debug/health");
     let span = tracing::info_span!("request", id = %&id[..12], method = %req.method(), path = %req.path());
     let started = Instant::now();
     let res = next.call(req).instrument(span.clone()).await;
-    if access_log {
+    // Health checks every second or two would drown the log.
+    if access_log && !is_probe {
         let _enter = span.enter();
         match &res {
             Ok(r) => tracing::info!(

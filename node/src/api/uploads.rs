@@ -92,7 +92,6 @@ pub async fn put_upload(
 
 /// `GET <location>`: the session's progress.
 pub async fn get_upload(reg: &Registry, repo: RepoName, id: String) -> Result<HttpResponse, ApiError> {
-    reg.raft().read_barrier().await?;
     let size = reg.uploads().status(&id, repo.clone()).await?;
     Ok(session_response(StatusCode::NO_CONTENT, &repo, &id, size))
 }

@@ -363,9 +363,15 @@ health:
         assert_eq!(c.storage.replicas, 3);
 
         let env = vec![
-            ("REGISTRY_CLUSTER_JOIN".to_string(), "http://node1:5006".to_string()),
+            (
+                "REGISTRY_CLUSTER_JOIN".to_string(),
+                "http://node1:5006".to_string(),
+            ),
             ("REGISTRY_CLUSTER_SECRET".to_string(), "t0p".to_string()),
-            ("REGISTRY_CLUSTER_ADVERTISE".to_string(), "http://me:5006/".to_string()),
+            (
+                "REGISTRY_CLUSTER_ADVERTISE".to_string(),
+                "http://me:5006/".to_string(),
+            ),
             ("REGISTRY_CLUSTER_ADDR".to_string(), ":5106".to_string()),
             ("REGISTRY_CLUSTER_ID".to_string(), "42".to_string()),
             ("REGISTRY_STORAGE_REPLICAS".to_string(), "1".to_string()),

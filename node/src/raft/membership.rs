@@ -13,6 +13,14 @@ use openraft::impls::BasicNode;
 
 use super::RaftNode;
 
+/// How long a membership change waits for another one in progress.
+const CHANGE_QUEUE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether openraft refused a change because another is still in progress.
+fn busy(error: &str) -> bool {
+    error.contains("undergoing a configuration change")
+}
+
 impl RaftNode {
     /// Add `id` (reachable at `addr`) as a learner, wait until it caught up, make it a voter.
     /// Adding a node that is already a voter succeeds without change.
@@ -23,13 +31,31 @@ impl RaftNode {
         let raft = self.raft().clone();
         self.runtime()
             .spawn(async move {
-                raft.add_learner(id, BasicNode { addr }, true)
-                    .await
-                    .map_err(|e| format!("adding node {id} as learner: {e}"))?;
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
-                    .await
-                    .map_err(|e| format!("promoting node {id} to voter: {e}"))?;
-                Ok(())
+                // Nodes joining at the same moment queue behind each other's change instead
+                // of being refused.
+                let deadline = tokio::time::Instant::now() + CHANGE_QUEUE;
+                loop {
+                    let added = raft.add_learner(id, BasicNode { addr: addr.clone() }, true).await;
+                    match added {
+                        Ok(_) => break,
+                        Err(e) if busy(&e.to_string()) && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(format!("adding node {id} as learner: {e}")),
+                    }
+                }
+                loop {
+                    let promoted = raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                        .await;
+                    match promoted {
+                        Ok(_) => return Ok(()),
+                        Err(e) if busy(&e.to_string()) && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(format!("promoting node {id} to voter: {e}")),
+                    }
+                }
             })
             .await
             .map_err(|e| e.to_string())?

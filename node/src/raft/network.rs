@@ -222,6 +222,16 @@ impl RaftNetworkV2<TypeConfig> for PeerRaft {
         self.rpc("/raft/vote", &rpc, &option).await
     }
 
+    /// A real pre-vote: a node cut off from the others cannot win one, so it does not keep
+    /// raising the term and does not force an election when it comes back.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.rpc("/raft/pre-vote", &rpc, &option).await
+    }
+
     async fn transfer_leader(
         &mut self,
         req: TransferLeaderRequest<TypeConfig>,

@@ -113,6 +113,9 @@ impl RaftNode {
             election_timeout_max: election * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_logs * 2),
             max_in_snapshot_log_to_keep: cluster.snapshot_logs,
+            // A node cut off from the others must not keep raising the term and force an
+            // election when it comes back.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(io::Error::other)?);

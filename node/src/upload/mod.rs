@@ -177,12 +177,16 @@ impl Uploads {
     }
 
     /// The session's actor on this node, created from the replicated record when absent.
-    fn session(&self, id: &str) -> Result<Addr<UploadSession>, UploadError> {
+    ///
+    /// The request may follow one answered by another node a moment ago, so the session is
+    /// read after the read barrier: this node has applied every acknowledged change of it.
+    async fn session(&self, id: &str) -> Result<Addr<UploadSession>, UploadError> {
         // Ids are UUIDs we issued; anything else cannot name a session (and must never reach
         // a file path).
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(UploadError::Unknown);
         }
+        self.ctx.raft.read_barrier().await?;
         let mut sessions = self.ctx.sessions.lock().expect("sessions lock");
         if let Some(addr) = sessions.get(id).filter(|a| a.connected()) {
             return Ok(addr.clone());
@@ -208,7 +212,7 @@ impl Uploads {
         info: ChunkInfo,
         body: Body,
     ) -> Result<u64, UploadError> {
-        self.session(id)?.send(Write { repo, info, body }).await?
+        self.session(id).await?.send(Write { repo, info, body }).await?
     }
 
     /// Close a session with the blob's digest and an optional last chunk; answers the size.
@@ -220,7 +224,8 @@ impl Uploads {
         info: ChunkInfo,
         body: Option<Body>,
     ) -> Result<u64, UploadError> {
-        self.session(id)?
+        self.session(id)
+            .await?
             .send(Finish {
                 repo,
                 digest,
@@ -237,7 +242,8 @@ impl Uploads {
             range: header.range,
             content_length: header.content_length,
         };
-        self.session(id)?
+        self.session(id)
+            .await?
             .send(Finish {
                 repo: header.repo,
                 digest: header.digest,
@@ -250,12 +256,12 @@ impl Uploads {
 
     /// The session's size.
     pub async fn status(&self, id: &str, repo: RepoName) -> Result<u64, UploadError> {
-        self.session(id)?.send(Status { repo }).await?
+        self.session(id).await?.send(Status { repo }).await?
     }
 
     /// Cancel a session.
     pub async fn cancel(&self, id: &str, repo: RepoName) -> Result<(), UploadError> {
-        self.session(id)?.send(Cancel { repo }).await?
+        self.session(id).await?.send(Cancel { repo }).await?
     }
 
     /// A monolithic push (`POST ?digest=` with the body): no session, same guarantees.

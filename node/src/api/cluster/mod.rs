@@ -73,6 +73,7 @@ pub fn app(
         .wrap(from_fn(require_secret))
         .route("/raft/append", web::post().to(raft::append))
         .route("/raft/vote", web::post().to(raft::vote))
+        .route("/raft/pre-vote", web::post().to(raft::pre_vote))
         .route("/raft/transfer-leader", web::post().to(raft::transfer_leader))
         .route("/raft/snapshot", web::post().to(raft::snapshot))
         .route("/cluster/write", web::post().to(control::write))

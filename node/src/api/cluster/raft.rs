@@ -41,6 +41,13 @@ pub async fn vote(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web::
     Ok(on_raft(&state, async move { raft.vote(req).await }).await)
 }
 
+/// `POST /raft/pre-vote`.
+pub async fn pre_vote(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web::Result<HttpResponse> {
+    let req: VoteRequest<TypeConfig> = decoded(&body)?;
+    let raft = state.node.raft().clone();
+    Ok(on_raft(&state, async move { raft.pre_vote(req).await }).await)
+}
+
 /// `POST /raft/transfer-leader`.
 pub async fn transfer_leader(
     state: web::Data<ClusterApi>,

@@ -1,0 +1,437 @@
+//! Benchmarks of a three-node IPCR cluster behind haproxy against a single IPCR node, in one
+//! run on one machine.
+//!
+//! ```text
+//! cargo build --release -p ipcr-node && cargo run --release -p cluster-tests --bin bench_cluster
+//! ```
+//!
+//! Measures: a 1 GiB push (POST + PUT, curl) through the cluster with `storage.replicas: 2`
+//! against the single node; manifest reads by tag under `wrk -t2 -c64` through the cluster
+//! against the single node; 100 concurrent pushes of 10 MiB layers through the cluster (all
+//! must succeed; throughput and latency percentiles); the time a new node takes to join a
+//! cluster holding 10,000 tags and serve them. Prints a Markdown report for
+//! `docs/benchmarks.md`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use cluster_tests::{Balancer, Cluster, Node};
+use sha2::{Digest as _, Sha256};
+
+const BIG: u64 = 1 << 30;
+const ROUNDS: usize = 3;
+const LAYER: usize = 10 << 20;
+const PUSHERS: usize = 100;
+const TAGS: usize = 10_000;
+const TAG_WRITERS: usize = 32;
+
+const QUIET: [(&str, &str); 2] = [
+    ("REGISTRY_LOG_LEVEL", "warn"),
+    ("REGISTRY_LOG_ACCESSLOG_DISABLED", "true"),
+];
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A 1 GiB incompressible file and its digest.
+fn make_blob(path: &Path) -> Result<String> {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut hasher = Sha256::new();
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..(BIG >> 20) {
+        for word in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        hasher.update(&buf);
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// `curl` a request; answers (status, seconds, headers).
+fn curl(args: &[&str], url: &str) -> Result<(u16, f64, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code} %{time_total}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let (code, secs) = last.split_once(' ').context("curl printed no status")?;
+    Ok((code.parse()?, secs.parse()?, text))
+}
+
+fn location(base: &str, headers: &str) -> Result<String> {
+    let loc = headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
+        })
+        .map(|(_, v)| v.trim().to_string())
+        .context("no Location")?;
+    Ok(if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    })
+}
+
+/// POST + PUT of the whole file, timed end to end.
+fn push_big(base: &str, repo: &str, file: &Path, digest: &str) -> Result<f64> {
+    let _ = Command::new("sync").status();
+    let started = Instant::now();
+    let (code, _, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{repo}/blobs/uploads/"))?;
+    if code != 202 {
+        bail!("POST to {base}: {code}");
+    }
+    let loc = location(base, &headers)?;
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let f = file.display().to_string();
+    let (code, _, _) = curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            &f,
+        ],
+        &format!("{loc}{sep}digest={digest}"),
+    )?;
+    if code != 201 {
+        bail!("PUT to {base}: {code}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One push of a layer and a manifest by tag with a blocking client; answers seconds.
+fn push_image(
+    client: &reqwest::blocking::Client,
+    base: &str,
+    repo: &str,
+    tag: &str,
+    layer: &[u8],
+) -> Result<f64> {
+    let started = Instant::now();
+    let put_blob = |bytes: &[u8]| -> Result<String> {
+        let digest = sha256(bytes);
+        let resp = client.post(format!("{base}/v2/{repo}/blobs/uploads/")).send()?;
+        if resp.status().as_u16() != 202 {
+            bail!("POST: {}", resp.status());
+        }
+        let loc = location(
+            base,
+            &format!("location: {}", resp.headers()["location"].to_str()?),
+        )?;
+        let resp = client
+            .patch(&loc)
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()?;
+        if resp.status().as_u16() != 202 {
+            bail!("PATCH: {}", resp.status());
+        }
+        let loc = location(
+            base,
+            &format!("location: {}", resp.headers()["location"].to_str()?),
+        )?;
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let resp = client.put(format!("{loc}{sep}digest={digest}")).send()?;
+        if resp.status().as_u16() != 201 {
+            bail!("PUT: {} {}", resp.status(), resp.text().unwrap_or_default());
+        }
+        Ok(digest)
+    };
+    let config = format!("{{\"tag\":\"{tag}\"}}").into_bytes();
+    let cd = put_blob(&config)?;
+    let ld = put_blob(layer)?;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let resp = client
+        .put(format!("{base}/v2/{repo}/manifests/{tag}"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()?;
+    if resp.status().as_u16() != 201 {
+        bail!("manifest PUT: {}", resp.status());
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A tiny image tagged `latest` in `repo`; answers the manifest URL.
+fn tiny_image(base: &str, repo: &str) -> Result<String> {
+    let client = reqwest::blocking::Client::new();
+    push_image(&client, base, repo, "latest", b"layer")?;
+    Ok(format!("{base}/v2/{repo}/manifests/latest"))
+}
+
+fn wrk(url: &str) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            "-c64",
+            "-d10s",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(url)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in:\n{text}"))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// 100 concurrent pushes of distinct 10 MiB layers; answers (seconds each, wall seconds).
+fn concurrent_pushes(base: &str) -> Result<(Vec<f64>, f64)> {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..PUSHERS)
+        .map(|i| {
+            let (base, latencies, failures) = (base.to_string(), latencies.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let mut layer = vec![0u8; LAYER];
+                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+                for word in layer.chunks_exact_mut(8) {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    word.copy_from_slice(&state.to_le_bytes());
+                }
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(600))
+                    .build()
+                    .expect("client");
+                match push_image(&client, &base, &format!("load/p{i}"), "v1", &layer) {
+                    Ok(s) => latencies.lock().unwrap().push(s),
+                    Err(e) => failures.lock().unwrap().push(format!("push {i}: {e}")),
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let failures = failures.lock().unwrap().clone();
+    if !failures.is_empty() {
+        bail!(
+            "{} of {PUSHERS} pushes failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+    let l = latencies.lock().unwrap().clone();
+    Ok((l, wall))
+}
+
+/// Tag `TAGS` manifests in one repository through `base`; answers seconds.
+fn write_tags(base: &str) -> Result<f64> {
+    let client = reqwest::blocking::Client::new();
+    push_image(&client, base, "many/tags", "seed", b"shared layer")?;
+    let seed = client
+        .get(format!("{base}/v2/many/tags/manifests/seed"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()?
+        .bytes()?
+        .to_vec();
+    let started = Instant::now();
+    let next = Arc::new(Mutex::new(0usize));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..TAG_WRITERS)
+        .map(|_| {
+            let (base, next, errors, seed) = (base.to_string(), next.clone(), errors.clone(), seed.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap();
+                        if *n >= TAGS {
+                            return;
+                        }
+                        *n += 1;
+                        *n
+                    };
+                    let resp = client
+                        .put(format!("{base}/v2/many/tags/manifests/t{i:05}"))
+                        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                        .body(seed.clone())
+                        .send();
+                    if !resp.as_ref().is_ok_and(|r| r.status().as_u16() == 201) {
+                        errors.lock().unwrap().push(i);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    let errors = errors.lock().unwrap().len();
+    if errors > 0 {
+        bail!("{errors} tag writes failed");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Poll a node until its tag list of `many/tags` holds every tag; answers whether it did.
+fn wait_tags(node: &Node, deadline: Instant) -> bool {
+    let client = reqwest::blocking::Client::new();
+    while Instant::now() < deadline {
+        let ok = client
+            .get(format!("{}/v2/many/tags/tags/list?n=20000", node.base_url()))
+            .send()
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .and_then(|v| v["tags"].as_array().map(|t| t.len()))
+            .is_some_and(|n| n > TAGS);
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn main() -> Result<()> {
+    let work = tempfile::Builder::new().prefix("ipcr-bench-cluster-").tempdir()?;
+    let blob = work.path().join("blob");
+    eprintln!("generating a 1 GiB blob ...");
+    let digest = make_blob(&blob)?;
+
+    let single = Node::start_with_env("single", &QUIET);
+    let mut cluster = Cluster::start(3, &QUIET);
+    let lb = Balancer::start(&cluster.hosts());
+
+    let (mut big_single, mut big_cluster) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!("1 GiB push, round {}/{ROUNDS}", round + 1);
+        big_single.push(push_big(
+            &single.base_url(),
+            &format!("big{round}"),
+            &blob,
+            &digest,
+        )?);
+        big_cluster.push(push_big(&lb.base_url(), &format!("big{round}"), &blob, &digest)?);
+    }
+
+    eprintln!("manifest reads ...");
+    let rps_single = wrk(&tiny_image(&single.base_url(), "read/one")?)?;
+    let rps_cluster = wrk(&tiny_image(&lb.base_url(), "read/one")?)?;
+
+    eprintln!("{PUSHERS} concurrent pushes of 10 MiB ...");
+    let (lat, wall) = concurrent_pushes(&lb.base_url())?;
+
+    eprintln!("{TAGS} tags ...");
+    let tag_secs = write_tags(&lb.base_url())?;
+    eprintln!("a new node joins ...");
+    let started = Instant::now();
+    let i = cluster.add_node();
+    let ready = started.elapsed().as_secs_f64();
+    let served = wait_tags(&cluster.nodes[i], Instant::now() + Duration::from_secs(300));
+    let serving = started.elapsed().as_secs_f64();
+    if !served {
+        bail!("the new node did not serve all {TAGS} tags within 300 s");
+    }
+
+    let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+    let (bs, bc) = (median(&big_single), median(&big_cluster));
+    let mib = (PUSHERS * LAYER) as f64 / (1 << 20) as f64;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("### Cluster run");
+    println!();
+    println!(
+        "{cores} cores; 3 nodes (storage.replicas 2) behind haproxy round-robin vs one node, all on this machine and its one disk; client curl for the 1 GiB push, reqwest otherwise."
+    );
+    println!();
+    println!("| measurement | runs | median |");
+    println!("|---|---|---|");
+    println!(
+        "| 1 GiB push, single node (s) | {} | **{bs:.2}** |",
+        fmt(&big_single)
+    );
+    println!(
+        "| 1 GiB push, 3-node cluster through haproxy, 2 replicas (s) | {} | **{bc:.2}** |",
+        fmt(&big_cluster)
+    );
+    println!("| manifest GET by tag, `wrk -t2 -c64`, single node (req/s) | | **{rps_single:.0}** |");
+    println!(
+        "| manifest GET by tag, `wrk -t2 -c64`, cluster through haproxy (req/s) | | **{rps_cluster:.0}** |"
+    );
+    println!(
+        "| {PUSHERS} concurrent pushes of a 10 MiB layer + manifest through haproxy | all {PUSHERS} succeeded in {wall:.1} s ({:.0} MiB/s) | p50 {:.2} s, p99 {:.2} s, max {:.2} s |",
+        mib / wall,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    println!("| writing {TAGS} tags through haproxy, {TAG_WRITERS} clients (s) | | **{tag_secs:.1}** |");
+    println!(
+        "| new node joins a cluster holding {TAGS} tags: ready / serving every tag (s) | | **{ready:.2} / {serving:.2}** |"
+    );
+    println!();
+    println!("| goal | measured | met |");
+    println!("|---|---|---|");
+    let goal = |name: &str, value: String, ok: bool| {
+        println!("| {name} | {value} | {} |", if ok { "yes" } else { "**no**" })
+    };
+    goal(
+        "1 GiB push through the cluster ≥ 0.7 × single node's speed",
+        format!("{:.2} ×", bs / bc),
+        bs / bc >= 0.7,
+    );
+    goal(
+        "manifest GET through the cluster ≥ 0.5 × single node's req/s",
+        format!("{:.2} ×", rps_cluster / rps_single),
+        rps_cluster / rps_single >= 0.5,
+    );
+    goal(
+        "100 concurrent 10 MiB pushes all succeed",
+        format!("{}/{PUSHERS}", lat.len()),
+        lat.len() == PUSHERS,
+    );
+    drop((lb, cluster, single));
+    Ok(())
+}

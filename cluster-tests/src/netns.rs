@@ -1,0 +1,557 @@
+//! Node processes each in its own Linux network namespace, so that a test can cut one node off
+//! from its peers while still talking to every node itself (what loopback ports cannot do).
+//!
+//! Layout of one [`NetLab`] (all names carry the test process's id and a counter, so parallel
+//! tests and runs never collide):
+//!
+//! ```text
+//!   root ns (the test)          hub ns                    node ns i
+//!   ipcr<pid>x<k> 10.77.K.254 ── vroot ─┐
+//!                                       br0 ── vn<i> ──── eth0 10.77.K.<i+1>
+//! ```
+//!
+//! The bridge lives in a namespace of its own: the root namespace's firewall (Docker sets the
+//! `FORWARD` policy to `DROP`, and `br_netfilter` sends bridged frames through it) never sees
+//! node-to-node traffic. A partition is `iptables -j DROP` inside the isolated node's namespace
+//! for the other nodes' addresses, both directions, so packets vanish (peers see timeouts, as
+//! in a real partition) while the test's address, 10.77.K.254, still gets through.
+//!
+//! [`NetLab`] removes its links and namespaces when dropped, on failure too; [`NsNode`] kills
+//! its process when dropped and prints its log when the test is failing, like
+//! [`crate::Node`]. [`NsCluster`] drops its nodes before its lab. Needs root, `ip` (iproute2)
+//! and `iptables`; [`require_netns`] skips the test locally, and fails it under `CI=true`.
+//! Only the test binaries under `tests/` call this module.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipcr_proto::admin::ClusterStatus;
+
+use crate::cluster::{CLUSTER_TIMEOUT, status_of};
+use crate::node::{CLUSTER_SECRET, READY_TIMEOUT, node_binary};
+use crate::tools;
+
+/// The registry port every node listens on, inside its own namespace.
+pub const REGISTRY_PORT: u16 = 5000;
+/// The cluster port every node listens on, inside its own namespace.
+pub const CLUSTER_PORT: u16 = 5001;
+
+/// How long one `ip`/`iptables` command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+/// Lines of a node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 300;
+/// Interval between two polls of a node's status.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Labs created by this process (part of every name).
+static LABS: AtomicU32 = AtomicU32::new(0);
+/// Picking a free subnet and creating its links is one step per process.
+static CREATING: Mutex<()> = Mutex::new(());
+
+/// Whether this machine can run namespaced nodes (root, `ip`, `iptables`). When not: panics
+/// under CI, else prints a skip line, and the caller returns early.
+pub fn require_netns() -> bool {
+    if tools::require_tool("ip").is_none() || tools::require_tool("iptables").is_none() {
+        return false;
+    }
+    let probe = format!(
+        "ipcr{}probe{}",
+        std::process::id(),
+        LABS.fetch_add(1, Ordering::SeqCst)
+    );
+    let can = tools::run(Command::new("ip").args(["netns", "add", &probe]), COMMAND_TIMEOUT)
+        .status
+        .success();
+    if can {
+        let _ = tools::run(Command::new("ip").args(["netns", "del", &probe]), COMMAND_TIMEOUT);
+    }
+    tools::require("network namespaces (root and iproute2: `ip netns add`)", can)
+}
+
+/// Run `program args`, `Err` with everything it printed unless it succeeds.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = tools::run(Command::new(program).args(args), COMMAND_TIMEOUT);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(out.describe())
+    }
+}
+
+fn must(program: &str, args: &[&str]) {
+    if let Err(e) = run(program, args) {
+        panic!("{e}");
+    }
+}
+
+/// A bridge and one namespace per node; see the module header.
+pub struct NetLab {
+    tag: String,
+    subnet: u8,
+    hub: Option<String>,
+    root_link: Option<String>,
+    spaces: Vec<String>,
+}
+
+impl NetLab {
+    /// Create the bridge and `n` node namespaces on a 10.77.K.0/24 no interface of the root
+    /// namespace uses yet.
+    pub fn create(n: usize) -> NetLab {
+        assert!(n < 250, "at most 249 nodes");
+        let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = std::process::id();
+        let k = LABS.fetch_add(1, Ordering::SeqCst);
+        let subnet = free_subnet(pid as usize * 7 + k as usize);
+        // Pushed as created: Drop removes whatever exists, even after a failure half-way.
+        let mut lab = NetLab {
+            tag: format!("ipcr{pid}x{k}"),
+            subnet,
+            hub: None,
+            root_link: None,
+            spaces: Vec::new(),
+        };
+        let hub = format!("{}-hub", lab.tag);
+        must("ip", &["netns", "add", &hub]);
+        lab.hub = Some(hub.clone());
+        must("ip", &["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        must("ip", &["-n", &hub, "link", "set", "br0", "up"]);
+        let root_link = lab.tag.clone();
+        must(
+            "ip",
+            &[
+                "link", "add", &root_link, "type", "veth", "peer", "name", "vroot", "netns", &hub,
+            ],
+        );
+        lab.root_link = Some(root_link.clone());
+        must("ip", &["-n", &hub, "link", "set", "vroot", "master", "br0", "up"]);
+        must(
+            "ip",
+            &["addr", "add", &format!("{}/24", lab.test_ip()), "dev", &root_link],
+        );
+        must("ip", &["link", "set", &root_link, "up"]);
+        for i in 0..n {
+            let ns = format!("{}-n{i}", lab.tag);
+            must("ip", &["netns", "add", &ns]);
+            lab.spaces.push(ns.clone());
+            let port = format!("vn{i}");
+            must(
+                "ip",
+                &[
+                    "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            );
+            must("ip", &["-n", &hub, "link", "set", &port, "master", "br0", "up"]);
+            must(
+                "ip",
+                &[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", lab.ip(i)),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// Node `i`'s address.
+    pub fn ip(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.subnet, i + 1)
+    }
+
+    /// The root namespace's address on the bridge: where the test's requests come from.
+    pub fn test_ip(&self) -> String {
+        format!("10.77.{}.254", self.subnet)
+    }
+
+    /// Node `i`'s namespace.
+    pub fn namespace(&self, i: usize) -> &str {
+        &self.spaces[i]
+    }
+
+    /// Cut node `i` off from every other node, both directions, silently (`DROP`); the test
+    /// still reaches it.
+    pub fn isolate(&self, i: usize) {
+        let ns = self.namespace(i);
+        for j in (0..self.spaces.len()).filter(|&j| j != i) {
+            let peer = self.ip(j);
+            must(
+                "ip",
+                &[
+                    "netns", "exec", ns, "iptables", "-A", "INPUT", "-s", &peer, "-j", "DROP",
+                ],
+            );
+            must(
+                "ip",
+                &[
+                    "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", &peer, "-j", "DROP",
+                ],
+            );
+        }
+    }
+
+    /// Undo [`NetLab::isolate`] (the namespace is ours: its rules are only the partition's).
+    pub fn heal(&self, i: usize) {
+        let ns = self.namespace(i);
+        for chain in ["INPUT", "OUTPUT"] {
+            must("ip", &["netns", "exec", ns, "iptables", "-F", chain]);
+        }
+    }
+}
+
+/// The first K (from `start`) whose 10.77.K.0/24 appears in no address or route of the root
+/// namespace.
+fn free_subnet(start: usize) -> u8 {
+    let show = |args: &[&str]| tools::run(Command::new("ip").args(args), COMMAND_TIMEOUT).stdout_text();
+    let used = format!(
+        "{}\n{}",
+        show(&["-o", "-4", "addr", "show"]),
+        show(&["-4", "route", "show"])
+    );
+    (0..250)
+        .map(|o| ((start + o) % 250 + 1) as u8)
+        .find(|k| !used.contains(&format!("10.77.{k}.")))
+        .expect("a free 10.77.K.0/24")
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        // Deleting a namespace removes its links, but asynchronously: the root end goes first,
+        // by name, so that nothing of ours is left in the root namespace when we return.
+        let mut left = Vec::new();
+        if let Some(link) = self.root_link.take()
+            && let Err(e) = run("ip", &["link", "del", &link])
+        {
+            left.push(e);
+        }
+        for ns in self.spaces.drain(..).chain(self.hub.take()) {
+            if let Err(e) = run("ip", &["netns", "del", &ns]) {
+                left.push(e);
+            }
+        }
+        if !left.is_empty() {
+            eprintln!("cleaning up network namespaces {}: {}", self.tag, left.join("\n"));
+        }
+    }
+}
+
+/// One `ipcr-node` process in a namespace of a [`NetLab`], bound to its namespace address.
+pub struct NsNode {
+    name: String,
+    namespace: String,
+    ip: String,
+    bin: PathBuf,
+    /// `None` only after `Drop` decided to keep it.
+    dir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    starts: u32,
+    env: Vec<(String, String)>,
+}
+
+impl NsNode {
+    /// Start node `i` of `lab` (joining through `join`, a cluster URL, when given) and wait
+    /// until it is ready.
+    pub fn start(lab: &NetLab, i: usize, join: Option<&str>) -> NsNode {
+        let name = format!("node{i}");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ipcr-ns-{name}-"))
+            .tempdir()
+            .expect("creating the node's temporary directory");
+        std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
+        let mut env = Vec::new();
+        if let Some(join) = join {
+            env.push(("REGISTRY_CLUSTER_JOIN".to_string(), join.to_string()));
+        }
+        let mut node = NsNode {
+            name,
+            namespace: lab.namespace(i).to_string(),
+            ip: lab.ip(i),
+            bin: node_binary(),
+            dir: Some(dir),
+            child: None,
+            starts: 0,
+            env,
+        };
+        node.spawn();
+        node.wait_ready(READY_TIMEOUT);
+        node
+    }
+
+    /// The node's name in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `<ip>:5000`, the registry host.
+    pub fn host(&self) -> String {
+        format!("{}:{REGISTRY_PORT}", self.ip)
+    }
+
+    /// `http://<ip>:5000`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// `http://<ip>:5001`: the cluster port, as peers reach it.
+    pub fn cluster_url(&self) -> String {
+        format!("http://{}:{CLUSTER_PORT}", self.ip)
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.as_ref().expect("the node's directory").path()
+    }
+
+    /// The log file: stdout and stderr of every start, appended.
+    pub fn log_path(&self) -> PathBuf {
+        self.root().join("node.log")
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the node's log file");
+        writeln!(
+            log,
+            "==== cluster-tests: start #{} of {} in {} on {} ====",
+            self.starts,
+            self.name,
+            self.namespace,
+            self.host()
+        )
+        .expect("writing the node's log file");
+        // `ip netns exec` execs the node in place: the child's pid is the node's.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace])
+            .arg(&self.bin)
+            .arg("serve")
+            .current_dir(self.root())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("REGISTRY_HTTP_ADDR", self.host())
+            .env("REGISTRY_CLUSTER_ADDR", format!("{}:{CLUSTER_PORT}", self.ip))
+            .env("REGISTRY_CLUSTER_ADVERTISE", self.cluster_url())
+            .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
+            .env(
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                self.root().join("data"),
+            )
+            .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
+            .env("REGISTRY_LOG_LEVEL", "info")
+            // The same fast elections as `Node`.
+            .env("REGISTRY_CLUSTER_HEARTBEAT", "100ms")
+            .env("REGISTRY_CLUSTER_ELECTION_TIMEOUT", "300ms");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {} in {}: {e}", self.name, self.namespace));
+        self.child = Some(child);
+    }
+
+    /// Wait until `GET /ready` answers 200; panics when the process exits first or `timeout`
+    /// passes.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
+        let url = format!("{}/ready", self.base_url());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .unwrap_or_else(|| panic!("{} is not running", self.name));
+            if let Some(status) = child.try_wait().expect("polling the node process") {
+                self.child = None;
+                panic!("{} exited with {status} before it was ready", self.name);
+            }
+            let last = match http.get(&url).send() {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => return,
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => format!("error: {e}"),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready after {timeout:?}; last /ready: {last}",
+                self.name
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The status as this node sees it.
+    pub fn status(&self) -> Result<ClusterStatus, String> {
+        status_of(&self.cluster_url())
+    }
+}
+
+impl Drop for NsNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            eprintln!(
+                "---- {} log ({}), last {} of {} lines ----",
+                self.name,
+                self.log_path().display(),
+                lines.len() - from,
+                lines.len()
+            );
+            for line in &lines[from..] {
+                eprintln!("{line}");
+            }
+            eprintln!("---- end of {} log ----", self.name);
+            if let Some(dir) = self.dir.take() {
+                eprintln!("kept {}'s data and log in {}", self.name, dir.keep().display());
+            }
+        }
+    }
+}
+
+/// A cluster of [`NsNode`]s in one [`NetLab`].
+pub struct NsCluster {
+    /// Its nodes, node `i` in namespace `i`. Declared before `lab`: the processes are killed
+    /// before their namespaces are removed.
+    pub nodes: Vec<NsNode>,
+    /// The namespaces.
+    pub lab: NetLab,
+}
+
+impl NsCluster {
+    /// Start `n` namespaced nodes (node 0 bootstraps, the others join through it) and wait
+    /// until all agree on a leader with `n` voters.
+    pub fn start(n: usize) -> NsCluster {
+        let lab = NetLab::create(n);
+        let mut cluster = NsCluster {
+            nodes: Vec::new(),
+            lab,
+        };
+        cluster.nodes.push(NsNode::start(&cluster.lab, 0, None));
+        let join = cluster.nodes[0].cluster_url();
+        for i in 1..n {
+            let node = NsNode::start(&cluster.lab, i, Some(&join));
+            cluster.nodes.push(node);
+        }
+        let all: Vec<usize> = (0..n).collect();
+        let s = cluster.wait_leader_among(&all, CLUSTER_TIMEOUT);
+        let voters = s.members.iter().filter(|m| m.voter).count();
+        assert_eq!(voters, n, "voters after forming the cluster: {s:?}");
+        cluster
+    }
+
+    /// The status as node `i` sees it.
+    pub fn status(&self, i: usize) -> Result<ClusterStatus, String> {
+        self.nodes[i].status()
+    }
+
+    /// The index of the node with Raft id `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.status(i).is_ok_and(|s| s.id == id))
+    }
+
+    /// Wait until every node of `among` names the same leader, that leader is one of `among`,
+    /// reports itself `Leader` and has every member a voter. Answers the leader's status.
+    pub fn wait_leader_among(&self, among: &[usize], timeout: Duration) -> ClusterStatus {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::from("not polled");
+        while Instant::now() < deadline {
+            match self.agreed_leader(among) {
+                Ok(s) => return s,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("nodes {among:?} did not agree on a leader among them within {timeout:?}: {last}");
+    }
+
+    fn agreed_leader(&self, among: &[usize]) -> Result<ClusterStatus, String> {
+        let mut statuses = Vec::new();
+        for &i in among {
+            statuses.push(self.status(i).map_err(|e| format!("node{i}: {e}"))?);
+        }
+        let leader = statuses[0].leader.ok_or("no leader known")?;
+        if statuses.iter().any(|s| s.leader != Some(leader)) {
+            let seen: Vec<_> = statuses.iter().map(|s| s.leader).collect();
+            return Err(format!("leaders seen: {seen:?}"));
+        }
+        let s = statuses
+            .into_iter()
+            .find(|s| s.id == leader)
+            .ok_or_else(|| format!("leader {leader} is not among {among:?}"))?;
+        if s.state != "Leader" {
+            return Err(format!("leader {leader} reports {}", s.state));
+        }
+        if s.members.iter().any(|m| !m.voter) {
+            return Err(format!("learners among the members: {:?}", s.members));
+        }
+        Ok(s)
+    }
+
+    /// Wait until every node of `among` has applied at least what their agreed leader had
+    /// applied when the wait began. Answers that index.
+    pub fn wait_caught_up(&self, among: &[usize], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let target = self
+            .wait_leader_among(among, timeout)
+            .applied
+            .expect("the leader has applied its own entries");
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let behind: Vec<String> = among
+                .iter()
+                .filter_map(|&i| match self.status(i) {
+                    Ok(s) if s.applied.is_some_and(|a| a >= target) => None,
+                    Ok(s) => Some(format!("node{i} applied {:?}", s.applied)),
+                    Err(e) => Some(format!("node{i}: {e}")),
+                })
+                .collect();
+            if behind.is_empty() {
+                return target;
+            }
+            last = behind.join(", ");
+            std::thread::sleep(POLL);
+        }
+        panic!("nodes {among:?} did not apply index {target} within {timeout:?}: {last}");
+    }
+}
