@@ -11,6 +11,7 @@
 //!   manifests, indexes), byte for byte under the test's control.
 //! - [`client`]: a minimal blocking OCI distribution client that reports exactly what the
 //!   server acknowledged.
+//! - [`peer`]: distribution 2.8.2, the registry the benchmarks compare against.
 //! - [`pushes`]: images pushed with bounded retries while nodes fail or change, and checks of
 //!   what was acknowledged.
 //!
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod netns;
 pub mod node;
 pub mod oci;
+pub mod peer;
 pub mod pushes;
 pub mod tools;
 

@@ -96,25 +96,9 @@ fn start_ipcr(work: &Path) -> Result<Server> {
 
 fn start_distribution(work: &Path) -> Result<Server> {
     let port = free_port()?;
-    let config = work.join("distribution.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            work.join("distribution-data").display()
-        ),
-    )?;
-    let log = File::create(work.join("distribution.log"))?;
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting docker-registry (apt-get install docker-registry)")?;
     let server = Server {
         name: "distribution",
-        child,
+        child: cluster_tests::peer::spawn_distribution(work, port)?,
         base: format!("http://127.0.0.1:{port}"),
     };
     wait_http(&format!("{}/v2/", server.base), "docker-registry")?;

@@ -310,18 +310,33 @@ impl RaftNode {
         }
     }
 
-    /// A read index, on the leader (the cluster port's `/cluster/read-index`).
-    pub async fn read_index_as_leader(&self) -> Result<u64, String> {
+    /// A read index, on the leader. The leader's lease (no other leader can exist before it
+    /// expires) answers without a round of heartbeats; once it is stale, a quorum confirms.
+    async fn read_index_as_leader(&self) -> Result<u64, String> {
         let raft = self.raft.clone();
-        let read = self
-            .runtime
-            .spawn(async move { raft.ensure_linearizable(ReadPolicy::ReadIndex).await });
+        let read = self.runtime.spawn(async move {
+            match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
+                Ok(read) => Ok(read),
+                Err(_) => raft.ensure_linearizable(ReadPolicy::ReadIndex).await,
+            }
+        });
         match tokio::time::timeout(WRITE_TIMEOUT, read).await {
             Err(_) => Err("no quorum within the read timeout".into()),
             Ok(Err(join)) => Err(join.to_string()),
             Ok(Ok(Ok(read_log_id))) => Ok(read_log_id.index()),
             Ok(Ok(Err(e))) => Err(e.to_string()),
         }
+    }
+
+    /// A read index for a follower (the cluster port's `/cluster/read-index`). It shares the
+    /// leader's coalesced barrier: once that passed, everything applied here covers every
+    /// write acknowledged before the request arrived.
+    pub async fn read_index_for_follower(&self) -> Result<u64, String> {
+        if !self.raft.is_leader() {
+            return Err("not the leader".into());
+        }
+        self.read_barrier().await.map_err(|e| e.to_string())?;
+        Ok(self.metrics().last_applied.map(|l| l.index).unwrap_or(0))
     }
 
     /// Wait until the local state reflects every write acknowledged anywhere in the cluster

@@ -24,7 +24,7 @@ pub async fn write(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web:
 
 /// `POST /cluster/read-index`: a read index for a follower's linearizable read.
 pub async fn read_index(state: web::Data<ClusterApi>) -> HttpResponse {
-    encoded(&state.node.read_index_as_leader().await)
+    encoded(&state.node.read_index_for_follower().await)
 }
 
 /// Run a membership change on the leader: here when this node leads, else by forwarding.
