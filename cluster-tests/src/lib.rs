@@ -3,8 +3,10 @@
 //!
 //! - [`node`]: start, wait for, `kill -9` and restart a node process; its log is printed when
 //!   a test fails.
+//! - [`bench`]: what the benchmark binaries share (a big blob, timed pushes and pulls).
 //! - [`cluster`]: several nodes forming one cluster (joining through a member), waits on the
 //!   cluster's status, and haproxy in front of them.
+//! - [`emulator`]: the Estuary / Kubo RPC emulator as a process that fails on demand.
 //! - [`netns`]: nodes each in its own network namespace, so that one can be partitioned off.
 //! - [`tools`]: require an external tool; skip the test locally, fail loudly under `CI=true`.
 //! - [`oci`]: build and read OCI image layouts on disk (tar and gzip layers, configs,
@@ -18,8 +20,10 @@
 //! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
 //! helpers that wait are `wait_*`.
 
+pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod emulator;
 pub mod netns;
 pub mod node;
 pub mod oci;

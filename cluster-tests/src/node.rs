@@ -262,15 +262,20 @@ pub fn free_port() -> u16 {
 }
 
 /// The `ipcr-node` binary built by `cargo build` in this workspace's target directory:
-/// `$IPCR_NODE_BIN` when set, else next to the test binary (`target/<profile>/deps/..`), else
-/// under `$CARGO_TARGET_DIR` or `<workspace>/target`.
+/// `$IPCR_NODE_BIN` when set, else see [`built_binary`].
 pub fn node_binary() -> PathBuf {
-    if let Some(explicit) = std::env::var_os("IPCR_NODE_BIN") {
+    built_binary("ipcr-node", "IPCR_NODE_BIN", "cargo build -p ipcr-node")
+}
+
+/// A binary of this workspace: `$<env>` when set, else next to the test binary
+/// (`target/<profile>/deps/..`), else under `$CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn built_binary(name: &str, env: &str, build: &str) -> PathBuf {
+    if let Some(explicit) = std::env::var_os(env) {
         let path = PathBuf::from(explicit);
-        assert!(path.is_file(), "IPCR_NODE_BIN={} is not a file", path.display());
+        assert!(path.is_file(), "{env}={} is not a file", path.display());
         return path;
     }
-    let name = format!("ipcr-node{}", std::env::consts::EXE_SUFFIX);
+    let name = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace root")
@@ -295,7 +300,7 @@ pub fn node_binary() -> PathBuf {
     match candidates.iter().find(|p| p.is_file()) {
         Some(found) => found.clone(),
         None => panic!(
-            "the ipcr-node binary is missing (looked for {}); run `cargo build -p ipcr-node` first",
+            "the {name} binary is missing (looked for {}); run `{build}` first",
             candidates
                 .iter()
                 .map(|p| p.display().to_string())

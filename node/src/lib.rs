@@ -5,6 +5,7 @@
 //! HTTP; `server` wires the pieces together.
 
 pub mod api;
+pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod health;

@@ -193,6 +193,18 @@ fn table(s: &ClusterStatus) -> String {
             m.addr
         ));
     }
+    if let Some(i) = &s.ipfs {
+        out.push_str(&format!(
+            "\n{} backend: {} pinned, {} pending, {} failed\n",
+            i.backend, i.pinned, i.pending, i.failed
+        ));
+        for f in &i.failures {
+            out.push_str(&format!(
+                "  {} ({}): {} attempt(s), last: {}\n",
+                f.digest, f.cid, f.attempts, f.reason
+            ));
+        }
+    }
     out
 }
 

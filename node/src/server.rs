@@ -13,6 +13,9 @@ use tokio::runtime::Handle;
 
 use crate::api::cluster::ClusterApi;
 use crate::api::{self, ApiState, HttpSettings};
+use crate::backend::Backend;
+use crate::backend::cache::{self, Cache};
+use crate::backend::pinner::{self, Pinner};
 use crate::cluster::Peers;
 use crate::cluster::repair::Repair;
 use crate::cluster::transfer::Transfers;
@@ -99,20 +102,33 @@ pub async fn start(config: &Config, raft_rt: Handle, arbiter: ArbiterHandle) -> 
         raft_rt,
     )
     .await?;
-    let uploads = Uploads::new(raft.clone(), store.clone(), config.storage.replicas, arbiter);
-    let registry = Registry::new(
+    let uploads = Uploads::new(
+        raft.clone(),
+        store.clone(),
+        config.storage.replicas,
+        config.storage.cid_links(),
+        arbiter,
+    );
+    let mut registry = Registry::new(
         raft.clone(),
         store,
         uploads,
         config.storage.delete.enabled,
         config.storage.replicas,
     );
-    let driver = if config.storage.estuary.is_some() {
-        "estuary"
-    } else {
-        "filesystem"
-    };
-    let health = Health::new(driver, config.health.storagedriver.threshold);
+    let backend = Backend::from_config(&config.storage, raft.runtime().clone());
+    if let Some(b) = &backend {
+        tracing::info!(
+            backend = b.name(),
+            links = b.links(),
+            "blobs go to IPFS once durable here"
+        );
+        registry = registry.with_backend(b.clone(), !config.storage.redirect.disable);
+    }
+    let health = Health::new(
+        backend.as_ref().map(|b| b.name()),
+        config.health.storagedriver.threshold,
+    );
     tracing::info!(node = id, data = %data_dir.display(), "node started");
     Ok(NodeParts {
         raft,
@@ -158,12 +174,6 @@ fn spawn_upload_maintenance(registry: Registry, config: &Config) {
 /// Run a node until the HTTP server stops (SIGINT/SIGTERM). Must be called inside an actix
 /// `System`.
 pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
-    if config.storage.estuary.is_some() {
-        tracing::warn!(
-            "storage.estuary is configured: blobs are stored on this node's disk under \
-             storage.estuary.rootdirectory; pinning to Estuary is not performed by this version"
-        );
-    }
     let arbiter = actix::Arbiter::new().handle();
     let parts = start(&config, raft_rt.clone(), arbiter).await?;
     {
@@ -171,6 +181,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         health::spawn_probe(
             parts.health.clone(),
             parts.data_dir.clone(),
+            parts.registry.backend().cloned(),
             &config.health.storagedriver,
         );
     }
@@ -195,12 +206,32 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         parts.registry.store().clone(),
     );
     spawn_repair(parts.raft.clone(), repair.clone());
+    let pinner = parts.registry.backend().map(|b| {
+        Pinner::new(
+            parts.raft.clone(),
+            b.clone(),
+            parts.registry.store().clone(),
+            Transfers::new(parts.raft.clone()),
+        )
+    });
+    if let Some(p) = &pinner {
+        pinner::spawn(p.clone());
+        if let Some(limit) = config.storage.cache.maxsize {
+            cache::spawn(Cache::new(
+                parts.raft.clone(),
+                parts.registry.store().clone(),
+                p.backend().clone(),
+                limit.as_u64(),
+            ));
+        }
+    }
     let cluster_state = web::Data::new(ClusterApi {
         node: parts.raft.clone(),
         registry: parts.registry.clone(),
         secret: parts.secret.clone(),
         transfers: Transfers::new(parts.raft.clone()),
         repair: repair.clone(),
+        pinner,
     });
     // Only the registry server reacts to SIGTERM: it finishes in-flight requests, then the
     // cluster port is stopped. Two servers handling signals each would stop the whole actix

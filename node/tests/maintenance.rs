@@ -74,17 +74,17 @@ async fn health_reports_the_backend_after_threshold_failures() {
 
     let threshold = node.config.health.storagedriver.threshold;
     for _ in 0..threshold - 1 {
-        node.parts.health.record(Err("disk on fire".into()));
+        node.parts.health.record_disk(Err("disk on fire".into()));
     }
     assert_eq!(test::call_service(&app, get("/debug/health")).await.status(), 200);
-    node.parts.health.record(Err("disk on fire".into()));
+    node.parts.health.record_disk(Err("disk on fire".into()));
     let resp = test::call_service(&app, get("/debug/health")).await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = test::read_body_json(resp).await;
     assert_eq!(body["storagedriver_filesystem"], "disk on fire");
     assert_eq!(test::call_service(&app, get("/ready")).await.status(), 503);
 
-    node.parts.health.record(Ok(()));
+    node.parts.health.record_disk(Ok(()));
     assert_eq!(test::call_service(&app, get("/debug/health")).await.status(), 200);
     assert_eq!(test::call_service(&app, get("/ready")).await.status(), 200);
 }

@@ -53,6 +53,37 @@ pub struct ClusterStatus {
     pub applied: Option<u64>,
     /// Every member.
     pub members: Vec<MemberStatus>,
-    /// Blobs held by fewer nodes than `storage.replicas` (or the cluster size, when smaller).
+    /// Blobs held by fewer nodes than `storage.replicas` (or the cluster size, when smaller),
+    /// not counting blobs pinned on IPFS (there, disk copies are a cache).
     pub under_replicated_blobs: u64,
+    /// The IPFS backend's progress, when one is configured.
+    pub ipfs: Option<IpfsStatus>,
+}
+
+/// Where the blobs stand on the IPFS backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpfsStatus {
+    /// `estuary` or `ipfs`.
+    pub backend: String,
+    /// Blobs the backend confirmed under their CID.
+    pub pinned: u64,
+    /// Blobs durable on the nodes' disks, not yet sent.
+    pub pending: u64,
+    /// Blobs whose last attempt failed (they are retried).
+    pub failed: u64,
+    /// Some of the failures, with their reasons.
+    pub failures: Vec<PinFailure>,
+}
+
+/// One blob the backend has not taken yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinFailure {
+    /// The blob.
+    pub digest: String,
+    /// Its CID.
+    pub cid: String,
+    /// Why the last attempt failed.
+    pub reason: String,
+    /// Attempts so far.
+    pub attempts: u32,
 }

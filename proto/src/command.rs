@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cid::{CidProgress, CidStep};
 use crate::digest::{Algorithm, Digest};
 use crate::hash_state::HashState;
 use crate::names::{RepoName, Tag};
@@ -43,6 +44,34 @@ pub struct BlobRecord {
     pub size: u64,
     /// Nodes whose disks hold the verified bytes.
     pub nodes: Vec<NodeId>,
+    /// Its copy on IPFS, when a backend is configured.
+    pub ipfs: Option<IpfsRecord>,
+}
+
+/// A blob on the IPFS side: the CID IPCR computed while the blob was written, and how far the
+/// backend got with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpfsRecord {
+    /// The CID, as computed by IPCR with the backend's import settings.
+    pub cid: String,
+    /// Where the backend stands.
+    pub state: PinState,
+}
+
+/// Progress of a blob's upload to the IPFS backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PinState {
+    /// Durable on the nodes' disks, not yet confirmed by the backend.
+    Pending,
+    /// The backend holds it under the recorded CID.
+    Pinned,
+    /// The last attempt failed (retried later).
+    Failed {
+        /// Why.
+        reason: String,
+        /// Attempts so far.
+        attempts: u32,
+    },
 }
 
 /// One chunk of an upload session, as acknowledged to the client.
@@ -72,6 +101,8 @@ pub struct UploadRecord {
     pub hash: Option<HashState>,
     /// The acknowledged chunks, in order.
     pub chunks: Vec<ChunkRecord>,
+    /// The blob's CID so far, when an IPFS backend is configured.
+    pub cid: Option<CidProgress>,
     /// When the session started (ms since the Unix epoch, proposer's clock).
     pub started_ms: u64,
     /// When the session last changed (ms since the Unix epoch, proposer's clock).
@@ -116,6 +147,8 @@ pub enum Command {
         size: u64,
         /// Nodes holding it.
         nodes: Vec<NodeId>,
+        /// Its CID, when an IPFS backend is configured.
+        cid: Option<String>,
     },
     /// Link an already committed blob into another repository (cross-repository mount).
     LinkBlob {
@@ -139,6 +172,8 @@ pub enum Command {
         repo: RepoName,
         /// The algorithm the session hashes with (`?digest-algorithm=`, default sha256).
         algorithm: Algorithm,
+        /// Links per DAG node of the CID to compute, when an IPFS backend is configured.
+        cid_links: Option<u32>,
         /// Proposer's clock, ms since the epoch.
         now_ms: u64,
     },
@@ -154,6 +189,8 @@ pub enum Command {
         nodes: Vec<NodeId>,
         /// Hash midstate after the chunk.
         hash: HashState,
+        /// What the chunk adds to the session's CID.
+        cid: Option<CidStep>,
         /// Proposer's clock.
         now_ms: u64,
     },
@@ -168,6 +205,8 @@ pub enum Command {
         size: u64,
         /// Nodes holding the assembled blob.
         nodes: Vec<NodeId>,
+        /// Its CID, when an IPFS backend is configured.
+        cid: Option<String>,
         /// Proposer's clock.
         now_ms: u64,
     },
@@ -181,6 +220,16 @@ pub enum Command {
     PurgeUploads {
         /// Cut-off, ms since the epoch.
         before_ms: u64,
+    },
+    /// Record the IPFS backend's answer for a blob whose CID is `cid` (ignored when the
+    /// blob's recorded CID differs: the answer is about other bytes).
+    SetPin {
+        /// The blob.
+        digest: Digest,
+        /// The CID the answer is about.
+        cid: String,
+        /// The new state.
+        state: PinState,
     },
     /// Change which nodes hold a committed blob (a copy made for repair or caching, or a node
     /// leaving).
@@ -221,6 +270,7 @@ impl fmt::Display for Command {
             Command::BlobHolders { digest, add, remove } => {
                 write!(f, "BlobHolders({digest}, +{add:?}, -{remove:?})")
             }
+            Command::SetPin { digest, cid, state } => write!(f, "SetPin({digest}, {cid}, {state:?})"),
         }
     }
 }
@@ -302,7 +352,23 @@ mod tests {
                     algorithm: crate::Algorithm::Sha512,
                     bytes: vec![0; 104],
                 },
+                cid: Some(CidStep {
+                    leaves: vec![crate::cid::Leaf::of(b"leaf")],
+                    partial: HashState {
+                        version: 1,
+                        algorithm: crate::Algorithm::Sha256,
+                        bytes: vec![1; 104],
+                    },
+                }),
                 now_ms: 5,
+            },
+            Command::SetPin {
+                digest: digest.clone(),
+                cid: "bafkrei".into(),
+                state: PinState::Failed {
+                    reason: "r".into(),
+                    attempts: 2,
+                },
             },
             Command::PurgeUploads { before_ms: 9 },
         ];

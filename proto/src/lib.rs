@@ -6,6 +6,7 @@
 //! `cluster-tests` and future clients; nothing here depends on actix, tokio or a network.
 
 pub mod admin;
+pub mod cid;
 pub mod command;
 pub mod digest;
 pub mod error;
@@ -15,7 +16,8 @@ pub mod media;
 pub mod names;
 
 pub use command::{
-    BlobRecord, ChunkRecord, Command, CommandResult, ManifestRecord, NodeId, Reject, UploadRecord,
+    BlobRecord, ChunkRecord, Command, CommandResult, IpfsRecord, ManifestRecord, NodeId, PinState, Reject,
+    UploadRecord,
 };
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::{ErrorCode, ErrorEnvelope, ErrorInfo};

@@ -6,7 +6,7 @@ use ipcr_proto::{Digest, ErrorCode, RepoName};
 
 use super::body::HeadBody;
 use super::error::ApiError;
-use crate::registry::Registry;
+use crate::registry::{Registry, Served};
 
 /// What a `Range` header asks of a blob of a given size.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,9 +90,16 @@ pub async fn get_blob(
     if head {
         return Ok(resp.body(HeadBody(len)));
     }
-    let stream = reg.read_blob(&digest, &record, start, len).await?;
-    resp.no_chunking(len);
-    Ok(resp.streaming(stream))
+    match reg.read_blob(&digest, &record, start, len).await? {
+        Served::Bytes(stream) => {
+            resp.no_chunking(len);
+            Ok(resp.streaming(stream))
+        }
+        Served::Redirect(url) => Ok(HttpResponse::TemporaryRedirect()
+            .insert_header((header::LOCATION, url))
+            .insert_header(("Docker-Content-Digest", digest.to_string()))
+            .finish()),
+    }
 }
 
 /// `DELETE /v2/<name>/blobs/<digest>`.

@@ -104,7 +104,9 @@ fn keep_copy(peers: &Peers, store: &FsStore, digest: &Digest, size: u64) -> mpsc
         let (path, check, st) = (tmp.clone(), digest.clone(), store.clone());
         let stored = crate::upload::blocking(move || {
             let hasher = ResumableHasher::new(check.algorithm());
-            let (hasher, _) = writer::write(path.clone(), 0, hasher, rx, Some(size), None, Mode::Append)?;
+            let (hashes, _) =
+                writer::write(path.clone(), 0, hasher.into(), rx, Some(size), None, Mode::Append)?;
+            let hasher = hashes.content;
             if hasher.digest() != check {
                 return Err(crate::upload::UploadError::DigestInvalid(
                     hasher.digest().to_string(),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use ipcr_proto::{BlobRecord, Command, CommandResult, Digest, NodeId};
+use ipcr_proto::{BlobRecord, Command, CommandResult, Digest, NodeId, PinState};
 
 use super::Peers;
 use super::transfer::Transfers;
@@ -30,29 +30,49 @@ pub async fn copy_here(
     let mut last_error = String::from("no source");
     for source in sources {
         let fetched = transfers.fetch(source, &format!("/cluster/blobs/{digest}"), 0, size);
-        let tmp = store.temp_path();
-        let (path, check, st, from) = (tmp.clone(), digest.clone(), store.clone(), source.clone());
-        let stored = crate::upload::blocking(move || {
-            let hasher = ResumableHasher::new(check.algorithm());
-            let (hasher, _) =
-                writer::write(path.clone(), 0, hasher, fetched, Some(size), None, Mode::Append)?;
-            if hasher.digest() != check {
-                return Err(crate::upload::UploadError::DigestInvalid(format!(
-                    "{from} served bytes hashing to {}",
-                    hasher.digest()
-                )));
-            }
-            st.commit(&path, &check)?;
-            Ok(())
-        })
-        .await;
-        let _ = FsStore::remove_file(&tmp);
-        match stored {
+        match store_verified(store, digest, size, fetched, source).await {
             Ok(()) => return Ok(()),
-            Err(e) => last_error = e.to_string(),
+            Err(e) => last_error = e,
         }
     }
     Err(last_error)
+}
+
+/// Write `fetched` to a temporary file while hashing it and store it as `digest` only if it
+/// is exactly `size` bytes hashing to `digest`; nothing is left behind otherwise. `from` names
+/// the source in errors.
+pub async fn store_verified(
+    store: &FsStore,
+    digest: &Digest,
+    size: u64,
+    fetched: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    from: &str,
+) -> Result<(), String> {
+    let tmp = store.temp_path();
+    let (path, check, st, from) = (tmp.clone(), digest.clone(), store.clone(), from.to_string());
+    let stored = crate::upload::blocking(move || {
+        let hasher = ResumableHasher::new(check.algorithm());
+        let (hashes, _) = writer::write(
+            path.clone(),
+            0,
+            hasher.into(),
+            fetched,
+            Some(size),
+            None,
+            Mode::Append,
+        )?;
+        let actual = hashes.content.digest();
+        if actual != check {
+            return Err(crate::upload::UploadError::DigestInvalid(format!(
+                "{from} served bytes hashing to {actual}"
+            )));
+        }
+        st.commit(&path, &check)?;
+        Ok(())
+    })
+    .await;
+    let _ = FsStore::remove_file(&tmp);
+    stored.map_err(|e| e.to_string())
 }
 
 /// The repair service of a node.
@@ -142,7 +162,9 @@ impl Repair {
                 break;
             }
             let held = voters.iter().filter(|(id, _)| record.nodes.contains(id)).count();
-            if held == 0 || held >= want {
+            // A blob pinned on IPFS is durable there: disk copies are a cache.
+            let pinned = record.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
+            if held == 0 || held >= want || pinned {
                 continue;
             }
             match self.copy_once(&digest, &record, &voters).await {

@@ -240,6 +240,24 @@ impl Transfers {
             .map_err(|e| e.to_string())?
     }
 
+    /// Ask `peer`, which holds `digest`, to upload it to the IPFS backend.
+    pub async fn pin_at(&self, peer: &str, digest: &Digest) -> Result<(), TransferError> {
+        let client = self.node.client().clone();
+        let path = format!("/cluster/blobs/{digest}/pin");
+        let peer = peer.to_string();
+        self.node
+            .runtime()
+            .spawn(async move {
+                let answer: Result<(), String> = client
+                    .call(&peer, &path, &(), TRANSFER_TIMEOUT)
+                    .await
+                    .map_err(call_err)?;
+                answer
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
     /// Proxy a close (with its last chunk, if any) to `peer`, which holds most of the upload.
     pub async fn finish_at(
         &self,

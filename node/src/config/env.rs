@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::sections::{EstuaryConfig, FilesystemConfig};
+use super::sections::{EstuaryConfig, FilesystemConfig, IpfsConfig};
 
 /// Overlay `from` onto `into`: objects merge key by key, anything else replaces.
 pub(super) fn merge(into: &mut Value, from: Value) {
@@ -60,6 +60,7 @@ fn optional_section(key: &str) -> Option<Value> {
     match key {
         "filesystem" => serde_json::to_value(FilesystemConfig::default()).ok(),
         "estuary" => serde_json::to_value(EstuaryConfig::default()).ok(),
+        "ipfs" => serde_json::to_value(IpfsConfig::default()).ok(),
         "secret" | "id" => Some(Value::Null),
         _ => None,
     }

@@ -209,9 +209,25 @@ impl Config {
     /// Check that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.socket_addr()?;
-        if self.storage.filesystem.is_some() && self.storage.estuary.is_some() {
+        // The local disk is always the first tier (`filesystem`, or the backend section's own
+        // `rootdirectory`); at most one IPFS backend goes behind it.
+        if self.storage.estuary.is_some() && self.storage.ipfs.is_some() {
             return Err(ConfigError::Invalid(
-                "configure one of storage.filesystem and storage.estuary, not both".into(),
+                "configure one IPFS backend: storage.estuary or storage.ipfs, not both".into(),
+            ));
+        }
+        if let Some(e) = &self.storage.estuary
+            && !e.url.starts_with("http")
+        {
+            return Err(ConfigError::Invalid(
+                "storage.estuary.url must be the Estuary API's http(s) URL".into(),
+            ));
+        }
+        if let Some(i) = &self.storage.ipfs
+            && (!i.api.starts_with("http") || i.links < 2)
+        {
+            return Err(ConfigError::Invalid(
+                "storage.ipfs needs an http(s) api URL and links of at least 2".into(),
             ));
         }
         if !["text", "json"].contains(&self.log.formatter.as_str()) {
@@ -239,10 +255,17 @@ impl Config {
 
     /// The node's data directory.
     pub fn data_dir(&self) -> PathBuf {
-        match (&self.storage.filesystem, &self.storage.estuary) {
-            (_, Some(e)) if !e.rootdirectory.as_os_str().is_empty() => e.rootdirectory.clone(),
-            (Some(fs), _) => fs.rootdirectory.clone(),
-            _ => FilesystemConfig::default().rootdirectory,
+        let s = &self.storage;
+        let tier = s
+            .estuary
+            .as_ref()
+            .map(|e| &e.rootdirectory)
+            .or(s.ipfs.as_ref().map(|i| &i.rootdirectory))
+            .filter(|d| !d.as_os_str().is_empty());
+        match (tier, &s.filesystem) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(fs)) => fs.rootdirectory.clone(),
+            (None, None) => FilesystemConfig::default().rootdirectory,
         }
     }
 }
@@ -352,6 +375,46 @@ health:
         let env = vec![("REGISTRY_HTTP_NOPE".to_string(), "1".to_string())];
         let err = Config::from_yaml("", env).unwrap_err();
         assert!(err.to_string().contains("REGISTRY_HTTP_NOPE"), "{err}");
+    }
+
+    #[test]
+    fn ipfs_backends_and_cache_load_and_override() {
+        let c = Config::from_yaml(SEED, no_env()).unwrap();
+        assert_eq!(c.storage.cid_links(), Some(1024));
+        assert_eq!(c.storage.estuary.as_ref().unwrap().gateway, None);
+        let yaml = "storage:\n  ipfs:\n    api: http://kubo:5001\n    gateway: http://kubo:8080\n  cache:\n    maxsize: 2GiB\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap();
+        let i = c.storage.ipfs.as_ref().unwrap();
+        assert_eq!((i.api.as_str(), i.links), ("http://kubo:5001", 174));
+        assert_eq!(c.storage.cid_links(), Some(174));
+        assert_eq!(c.storage.cache.maxsize.unwrap().as_u64(), 2 << 30);
+        assert_eq!(c.data_dir(), PathBuf::from("./data"));
+
+        let env = vec![
+            (
+                "REGISTRY_STORAGE_IPFS_API".to_string(),
+                "http://k:5001".to_string(),
+            ),
+            ("REGISTRY_STORAGE_IPFS_LINKS".to_string(), "1024".to_string()),
+            (
+                "REGISTRY_STORAGE_IPFS_ROOTDIRECTORY".to_string(),
+                "/srv/ipcr".to_string(),
+            ),
+            ("REGISTRY_STORAGE_CACHE_MAXSIZE".to_string(), "500MB".to_string()),
+        ];
+        let c = Config::from_yaml("", env).unwrap();
+        assert_eq!(c.storage.cid_links(), Some(1024));
+        assert_eq!(c.data_dir(), PathBuf::from("/srv/ipcr"));
+        assert_eq!(c.storage.cache.maxsize.unwrap().as_u64(), 500_000_000);
+        assert_eq!(Config::from_yaml("", no_env()).unwrap().storage.cid_links(), None);
+
+        let both = "storage:\n  ipfs:\n    api: http://k\n  estuary:\n    url: http://e\n";
+        let err = Config::from_yaml(both, no_env()).unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        let err = Config::from_yaml("storage:\n  ipfs:\n    links: 1\n", no_env()).unwrap_err();
+        assert!(err.to_string().contains("links"), "{err}");
+        let err = Config::from_yaml("storage:\n  cache:\n    maxsize: lots\n", no_env()).unwrap_err();
+        assert!(err.to_string().contains("storage.cache.maxsize"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct StorageConfig {
     pub filesystem: Option<FilesystemConfig>,
     /// Blobs pinned on IPFS through an Estuary service, with local disk as first tier.
     pub estuary: Option<EstuaryConfig>,
+    /// Blobs added to a Kubo node, with local disk as first tier.
+    pub ipfs: Option<IpfsConfig>,
+    /// How much local disk blobs that are safely on IPFS may use.
+    pub cache: CacheConfig,
     /// Whether `DELETE` of blobs and manifests is allowed.
     pub delete: DeleteConfig,
     /// Redirects of blob pulls to the backend's gateway.
@@ -61,11 +65,24 @@ pub struct StorageConfig {
     pub replicas: usize,
 }
 
+impl StorageConfig {
+    /// Links per DAG node of the CIDs the configured IPFS backend computes (none without one).
+    pub fn cid_links(&self) -> Option<u32> {
+        match (&self.estuary, &self.ipfs) {
+            (Some(_), _) => Some(ipcr_proto::cid::ESTUARY_LINKS),
+            (None, Some(i)) => Some(i.links),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             filesystem: None,
             estuary: None,
+            ipfs: None,
+            cache: CacheConfig::default(),
             delete: DeleteConfig::default(),
             redirect: RedirectConfig::default(),
             maintenance: MaintenanceConfig::default(),
@@ -104,6 +121,44 @@ pub struct EstuaryConfig {
     pub auth_token: String,
     /// Local first tier: the node's data directory.
     pub rootdirectory: PathBuf,
+    /// Gateway base URL, `{gateway}/<cid>` serving a blob (default `{url}/gw/ipfs`).
+    pub gateway: Option<String>,
+}
+
+/// `storage.ipfs:` (a Kubo node).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpfsConfig {
+    /// The node's RPC API URL (`http://127.0.0.1:5001`).
+    pub api: String,
+    /// A gateway URL (`http://127.0.0.1:8080`) for redirects; without one, blobs that no
+    /// node holds are read through the RPC API.
+    pub gateway: Option<String>,
+    /// Links per DAG node the Kubo node imports with: its default 174, or 1024 where it
+    /// supports `max-file-links`.
+    pub links: u32,
+    /// Local first tier: the node's data directory.
+    pub rootdirectory: PathBuf,
+}
+
+impl Default for IpfsConfig {
+    fn default() -> Self {
+        IpfsConfig {
+            api: "http://127.0.0.1:5001".into(),
+            gateway: None,
+            links: ipcr_proto::cid::KUBO_LINKS,
+            rootdirectory: PathBuf::new(),
+        }
+    }
+}
+
+/// `storage.cache:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Local disk that blobs confirmed by the IPFS backend may use (`20GiB`, `500MB`, or
+    /// bytes); least recently used ones beyond it are evicted. No limit when absent.
+    pub maxsize: Option<bytesize::ByteSize>,
 }
 
 /// `storage.delete:`.

@@ -7,14 +7,16 @@
 
 use std::io;
 
+use ipcr_proto::cid::CidProgress;
 use ipcr_proto::{
-    BlobRecord, ChunkRecord, Command, CommandResult, Digest, ManifestRecord, Reject, RepoName, UploadRecord,
+    BlobRecord, ChunkRecord, Command, CommandResult, Digest, IpfsRecord, ManifestRecord, PinState, Reject,
+    RepoName, UploadRecord,
 };
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UPLOADS, key,
-    prefix_range,
+    BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UNPINNED, UPLOADS,
+    key, prefix_range,
 };
 use super::{decode, encode};
 
@@ -68,12 +70,30 @@ impl Tx<'_> {
         self.has(REPO_MANIFESTS, &key(&[repo.as_str(), &digest.to_string()]))
     }
 
-    fn commit_blob(&self, repo: &RepoName, digest: &Digest, size: u64, nodes: &[u64]) -> io::Result<()> {
+    fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        nodes: &[u64],
+        cid: Option<&String>,
+    ) -> io::Result<()> {
         let d = digest.to_string();
         let mut record = self.record::<BlobRecord>(BLOBS, &d)?.unwrap_or(BlobRecord {
             size,
             nodes: Vec::new(),
+            ipfs: None,
         });
+        // A blob pushed again keeps the backend state it already has.
+        if record.ipfs.is_none()
+            && let Some(cid) = cid
+        {
+            record.ipfs = Some(IpfsRecord {
+                cid: cid.clone(),
+                state: PinState::Pending,
+            });
+            self.put(UNPINNED, &d, &[])?;
+        }
         for n in nodes {
             if !record.nodes.contains(n) {
                 record.nodes.push(*n);
@@ -146,7 +166,8 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             digest,
             size,
             nodes,
-        } => t.commit_blob(repo, digest, *size, nodes)?,
+            cid,
+        } => t.commit_blob(repo, digest, *size, nodes, cid.as_ref())?,
         Command::LinkBlob { repo, digest } => {
             if !t.has(BLOBS, &digest.to_string())? {
                 return rejected(Reject::BlobUnknown);
@@ -163,6 +184,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             id,
             repo,
             algorithm,
+            cid_links,
             now_ms,
         } => {
             let record = UploadRecord {
@@ -171,6 +193,11 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 algorithm: *algorithm,
                 hash: None,
                 chunks: Vec::new(),
+                cid: cid_links.map(|max_links| CidProgress {
+                    max_links,
+                    leaves: Vec::new(),
+                    partial: None,
+                }),
                 started_ms: *now_ms,
                 updated_ms: *now_ms,
             };
@@ -182,6 +209,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             len,
             nodes,
             hash,
+            cid,
             now_ms,
         } => {
             let Some(mut u) = t.record::<UploadRecord>(UPLOADS, id)? else {
@@ -197,6 +225,10 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             }
             u.size += len;
             u.hash = Some(hash.clone());
+            if let (Some(progress), Some(step)) = (u.cid.as_mut(), cid) {
+                progress.leaves.extend(step.leaves.iter().cloned());
+                progress.partial = Some(step.partial.clone());
+            }
             u.chunks.push(ChunkRecord {
                 offset: *offset,
                 len: *len,
@@ -211,6 +243,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             digest,
             size,
             nodes,
+            cid,
             now_ms,
         } => {
             let Some(u) = t.record::<UploadRecord>(UPLOADS, id)? else {
@@ -221,7 +254,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 }
                 return rejected(Reject::UploadUnknown);
             };
-            t.commit_blob(&u.repo, digest, *size, nodes)?;
+            t.commit_blob(&u.repo, digest, *size, nodes, cid.as_ref())?;
             t.del(UPLOADS, id)?;
             t.put_record(FINISHED, id, &(digest.to_string(), *now_ms))?;
         }
@@ -262,6 +295,22 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             }
             record.nodes.sort_unstable();
             t.put_record(BLOBS, &d, &record)?;
+        }
+        Command::SetPin { digest, cid, state } => {
+            let d = digest.to_string();
+            let Some(mut record) = t.record::<BlobRecord>(BLOBS, &d)? else {
+                return rejected(Reject::BlobUnknown);
+            };
+            match record.ipfs.as_mut() {
+                Some(ipfs) if &ipfs.cid == cid => ipfs.state = state.clone(),
+                _ => return rejected(Reject::BlobUnknown),
+            }
+            t.put_record(BLOBS, &d, &record)?;
+            if *state == PinState::Pinned {
+                t.del(UNPINNED, &d)?;
+            } else {
+                t.put(UNPINNED, &d, &[])?;
+            }
         }
     }
     Ok(CommandResult::Ok)

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use ipcr_proto::NodeId;
-use ipcr_proto::admin::{ClusterStatus, MemberStatus};
+use ipcr_proto::admin::{ClusterStatus, IpfsStatus, MemberStatus};
 use openraft::ChangeMembers;
 use openraft::impls::BasicNode;
 
@@ -86,7 +86,7 @@ impl RaftNode {
     }
 
     /// This node's view of the cluster. `under_replicated` comes from the blob index.
-    pub fn status(&self, under_replicated_blobs: u64) -> ClusterStatus {
+    pub fn status(&self, under_replicated_blobs: u64, ipfs: Option<IpfsStatus>) -> ClusterStatus {
         let m = self.metrics();
         let matched = |id: &NodeId| {
             m.replication
@@ -114,6 +114,7 @@ impl RaftNode {
             applied: m.last_applied.map(|l| l.index),
             members,
             under_replicated_blobs,
+            ipfs,
         }
     }
 }

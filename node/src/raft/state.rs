@@ -10,8 +10,9 @@
 
 use std::sync::Arc;
 
+use ipcr_proto::admin::{IpfsStatus, PinFailure};
 use ipcr_proto::manifest::Descriptor;
-use ipcr_proto::{BlobRecord, Digest, ManifestRecord, RepoName, UploadRecord};
+use ipcr_proto::{BlobRecord, Digest, IpfsRecord, ManifestRecord, PinState, RepoName, UploadRecord};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     TableHandle,
@@ -42,9 +43,11 @@ pub(crate) const REFERRERS: Table = TableDefinition::new("referrers");
 pub(crate) const UPLOADS: Table = TableDefinition::new("uploads");
 /// Recently finished sessions, so a retried close gets the same answer: `id` → (digest, ms).
 pub(crate) const FINISHED: Table = TableDefinition::new("finished_uploads");
+/// Blobs the IPFS backend has not confirmed yet (pending or failed): `digest` → empty.
+pub(crate) const UNPINNED: Table = TableDefinition::new("unpinned_blobs");
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 9] = [
+pub(crate) const DATA_TABLES: [Table; 10] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -54,6 +57,7 @@ pub(crate) const DATA_TABLES: [Table; 9] = [
     REFERRERS,
     UPLOADS,
     FINISHED,
+    UNPINNED,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
@@ -279,6 +283,32 @@ impl StateReader {
         Ok(out)
     }
 
+    /// Up to `n` blobs the IPFS backend has not confirmed (pending or failed), in digest
+    /// order strictly after `after`.
+    pub fn unpinned(&self, after: Option<&str>, n: usize) -> Result<Vec<(Digest, BlobRecord)>, StateError> {
+        let tx = self.tx()?;
+        let t = tx.open_table(UNPINNED).map_err(StateError::from)?;
+        let mut out = Vec::new();
+        let rows = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => t.range::<&str>(..),
+        }
+        .map_err(StateError::from)?;
+        for row in rows {
+            if out.len() >= n {
+                break;
+            }
+            let (k, _) = row.map_err(StateError::from)?;
+            let Ok(digest) = k.value().parse::<Digest>() else {
+                continue;
+            };
+            if let Some(record) = Self::record::<BlobRecord>(Self::get(&tx, BLOBS, k.value())?)? {
+                out.push((digest, record));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every open upload session.
     pub fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, StateError> {
         let tx = self.tx()?;
@@ -294,19 +324,46 @@ impl StateReader {
         Ok(out)
     }
 
-    /// How many blobs are held by fewer than `want` nodes.
-    pub fn under_replicated(&self, want: usize) -> Result<u64, StateError> {
+    /// One pass over the blob index: the number of under-replicated blobs (blobs pinned on
+    /// IPFS need no disk copies) and the IPFS backend's progress (with up to 10 failures).
+    pub fn blob_health(&self, want: usize) -> Result<(u64, IpfsStatus), StateError> {
         let tx = self.tx()?;
         let t = tx.open_table(BLOBS).map_err(StateError::from)?;
-        let mut n = 0;
+        let (mut under, mut ipfs) = (0, IpfsStatus::default());
         for row in t.iter().map_err(StateError::from)? {
-            let (_, v) = row.map_err(StateError::from)?;
+            let (k, v) = row.map_err(StateError::from)?;
             let b: BlobRecord = decode(v.value()).map_err(StateError::from)?;
-            if b.nodes.len() < want {
-                n += 1;
+            let pinned = b.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
+            if b.nodes.len() < want && !pinned {
+                under += 1;
+            }
+            match b.ipfs {
+                None => {}
+                Some(IpfsRecord {
+                    state: PinState::Pinned,
+                    ..
+                }) => ipfs.pinned += 1,
+                Some(IpfsRecord {
+                    state: PinState::Pending,
+                    ..
+                }) => ipfs.pending += 1,
+                Some(IpfsRecord {
+                    cid,
+                    state: PinState::Failed { reason, attempts },
+                }) => {
+                    ipfs.failed += 1;
+                    if ipfs.failures.len() < 10 {
+                        ipfs.failures.push(PinFailure {
+                            digest: k.value().to_string(),
+                            cid,
+                            reason,
+                            attempts,
+                        });
+                    }
+                }
             }
         }
-        Ok(n)
+        Ok((under, ipfs))
     }
 
     /// Number of rows in each data table, for status output.

@@ -9,11 +9,12 @@ pub mod error;
 use bytes::Bytes;
 use ipcr_proto::manifest::{Descriptor, MAX_MANIFEST_SIZE, parse_manifest};
 use ipcr_proto::{
-    BlobRecord, Command, CommandResult, Digest, ManifestRecord, Reference, Reject, RepoName, Tag,
+    BlobRecord, Command, CommandResult, Digest, ManifestRecord, PinState, Reference, Reject, RepoName, Tag,
 };
 
 pub use error::RegistryError;
 
+use crate::backend::Backend;
 use crate::cluster::Peers;
 use crate::cluster::read::{self, RemoteBlob};
 use crate::cluster::transfer::Transfers;
@@ -32,6 +33,17 @@ pub struct Registry {
     replicas: usize,
     peers: Peers,
     transfers: Transfers,
+    backend: Option<Backend>,
+    /// Answer reads that no node can serve with a redirect to the backend's gateway.
+    redirect: bool,
+}
+
+/// How a blob read is answered.
+pub enum Served {
+    /// With the bytes.
+    Bytes(BlobBody),
+    /// With a redirect to this URL (the backend's gateway).
+    Redirect(String),
 }
 
 /// A blob's bytes, from this node's disk or from a peer.
@@ -93,7 +105,22 @@ impl Registry {
             uploads,
             delete_enabled,
             replicas,
+            backend: None,
+            redirect: false,
         }
+    }
+
+    /// Serve blobs no node holds from `backend`: by redirect to its gateway when `redirect`
+    /// and it has one, else through this node (verified, and kept here).
+    pub fn with_backend(mut self, backend: Backend, redirect: bool) -> Registry {
+        self.backend = Some(backend);
+        self.redirect = redirect;
+        self
+    }
+
+    /// The IPFS backend, when one is configured.
+    pub fn backend(&self) -> Option<&Backend> {
+        self.backend.as_ref()
     }
 
     /// `storage.replicas`: nodes that must hold a blob before it is acknowledged.
@@ -266,24 +293,19 @@ impl Registry {
     }
 
     /// Stream `len` bytes of a blob from `start`: from this node's disk when it holds the blob,
-    /// else from a node that does.
+    /// else from a node that does, else from the IPFS backend (redirected to its gateway, or
+    /// restored here first: bytes from the backend are verified before anyone sees them).
     pub async fn read_blob(
         &self,
         digest: &Digest,
         record: &BlobRecord,
         start: u64,
         len: u64,
-    ) -> Result<BlobBody, RegistryError> {
-        match self.store.stat(digest)? {
-            Some(size) if size == record.size => {
-                return Ok(BlobBody::Local(self.store.read_range(digest, start, len)?));
-            }
-            Some(size) => {
-                tracing::error!(%digest, size, indexed = record.size, "local copy has the wrong size")
-            }
-            None => {}
+    ) -> Result<Served, RegistryError> {
+        if let Some(body) = self.read_local(digest, record, start, len)? {
+            return Ok(Served::Bytes(body));
         }
-        read::open(
+        let peers = read::open(
             &self.peers,
             &self.transfers,
             &self.store,
@@ -292,13 +314,70 @@ impl Registry {
             start,
             len,
         )
-        .await
-        .map(BlobBody::Remote)
-        .map_err(|e| {
-            RegistryError::Raft(crate::raft::RaftError::Unavailable(format!(
-                "no holder of {digest} answered: {e}"
-            )))
-        })
+        .await;
+        let peer_error = match peers {
+            Ok(body) => return Ok(Served::Bytes(BlobBody::Remote(body))),
+            Err(e) => e,
+        };
+        let unavailable = |why: String| RegistryError::Raft(crate::raft::RaftError::Unavailable(why));
+        let (Some(backend), Some(ipfs)) = (&self.backend, &record.ipfs) else {
+            return Err(unavailable(format!(
+                "no holder of {digest} answered: {peer_error}"
+            )));
+        };
+        if ipfs.state != PinState::Pinned {
+            return Err(unavailable(format!(
+                "no holder of {digest} answered ({peer_error}) and the backend does not hold it yet"
+            )));
+        }
+        if self.redirect
+            && let Some(url) = backend.gateway_url(&ipfs.cid)
+        {
+            return Ok(Served::Redirect(url));
+        }
+        let fetched = backend.fetch(&ipfs.cid);
+        let source = format!("{} {}", backend.name(), ipfs.cid);
+        if let Err(e) =
+            crate::cluster::repair::store_verified(&self.store, digest, record.size, fetched, &source).await
+        {
+            tracing::warn!(%digest, error = %e, "could not restore a blob from the backend");
+            return Err(unavailable(format!(
+                "no holder of {digest} answered ({peer_error}); the backend: {e}"
+            )));
+        }
+        tracing::info!(%digest, cid = %ipfs.cid, "restored a blob from the backend");
+        let cmd = Command::BlobHolders {
+            digest: digest.clone(),
+            add: vec![self.raft.id()],
+            remove: Vec::new(),
+        };
+        if let Err(e) = self.raft.propose(cmd).await {
+            tracing::debug!(%digest, error = %e, "could not record a restored copy");
+        }
+        match self.read_local(digest, record, start, len)? {
+            Some(body) => Ok(Served::Bytes(body)),
+            None => Err(unavailable(format!("{digest} vanished right after its restore"))),
+        }
+    }
+
+    /// The bytes from this node's disk, when it holds the blob.
+    fn read_local(
+        &self,
+        digest: &Digest,
+        record: &BlobRecord,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<BlobBody>, RegistryError> {
+        match self.store.stat(digest)? {
+            Some(size) if size == record.size => {
+                Ok(Some(BlobBody::Local(self.store.read_range(digest, start, len)?)))
+            }
+            Some(size) => {
+                tracing::error!(%digest, size, indexed = record.size, "local copy has the wrong size");
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     /// Unlink a blob from a repository.

@@ -9,9 +9,12 @@
 //! followed by an fsync of its directory, so a reader never sees a partial blob and a crash
 //! never leaves one behind under a digest's name.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use ipcr_proto::Digest;
 
@@ -22,6 +25,20 @@ use super::read::BlobStream;
 pub struct FsStore {
     blobs: PathBuf,
     uploads: PathBuf,
+    /// When each blob was last read since the node started (for the cache's LRU order; the
+    /// file's mtime stands in for blobs not read since).
+    last_read: Arc<Mutex<HashMap<Digest, SystemTime>>>,
+}
+
+/// A stored blob, as the cache sees it.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When it was last read (or stored).
+    pub last_used: SystemTime,
 }
 
 /// fsync a directory so that entries created or renamed in it are durable.
@@ -35,6 +52,7 @@ impl FsStore {
         let store = FsStore {
             blobs: data_dir.join("blobs"),
             uploads: data_dir.join("uploads"),
+            last_read: Arc::new(Mutex::new(HashMap::new())),
         };
         fs::create_dir_all(&store.blobs)?;
         fs::create_dir_all(&store.uploads)?;
@@ -96,7 +114,51 @@ impl FsStore {
 
     /// Stream `len` bytes of a blob from `start`.
     pub fn read_range(&self, digest: &Digest, start: u64, len: u64) -> io::Result<BlobStream> {
-        Ok(BlobStream::new(File::open(self.blob_path(digest))?, start, len))
+        let file = File::open(self.blob_path(digest))?;
+        self.last_read
+            .lock()
+            .expect("last-read lock")
+            .insert(digest.clone(), SystemTime::now());
+        Ok(BlobStream::new(file, start, len))
+    }
+
+    /// Every blob stored here, with its size and when it was last used.
+    pub fn list(&self) -> io::Result<Vec<StoredBlob>> {
+        let last_read = self.last_read.lock().expect("last-read lock").clone();
+        let mut out = Vec::new();
+        for alg in fs::read_dir(&self.blobs)? {
+            let alg = alg?;
+            let Ok(algorithm) = alg.file_name().to_string_lossy().parse::<ipcr_proto::Algorithm>() else {
+                continue;
+            };
+            for prefix in fs::read_dir(alg.path())? {
+                for entry in fs::read_dir(prefix?.path())? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    let Ok(digest) = format!("{}:{name}", algorithm.name()).parse::<Digest>() else {
+                        continue;
+                    };
+                    let meta = entry.metadata()?;
+                    let last_used = last_read
+                        .get(&digest)
+                        .copied()
+                        .or_else(|| meta.modified().ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
+                    out.push(StoredBlob {
+                        digest,
+                        size: meta.len(),
+                        last_used,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove a stored blob (evicted from the cache: the IPFS backend holds it).
+    pub fn evict(&self, digest: &Digest) -> io::Result<()> {
+        self.last_read.lock().expect("last-read lock").remove(digest);
+        Self::remove_file(&self.blob_path(digest))
     }
 
     /// Remove a file of the uploads directory, ignoring absence.

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use ipcr_proto::cid::file_cid;
 use ipcr_proto::{ChunkRecord, Command, CommandResult, NodeId};
 
 use super::replicate::{self, Written};
@@ -65,25 +66,35 @@ pub async fn finish(p: Prepared, msg: Finish) -> Result<u64, UploadError> {
     }
 
     let mut chunks = p.record.chunks.clone();
-    let mut hasher = p.hasher;
+    let mut hashes = p.hashes;
     let mut size = p.start;
     if let Some(body) = msg.body.filter(|_| !no_body) {
         let Written {
-            hasher: h,
+            hashes: h,
             len,
             nodes,
-        } = replicate::write_chunk(ctx, &p.id, p.start, hasher, body, p.expected).await?;
+        } = replicate::write_chunk(ctx, &p.id, p.start, hashes, body, p.expected).await?;
         if len > 0 {
             chunks.push(ChunkRecord {
                 offset: p.start,
                 len,
                 nodes,
-                hash: h.state(),
+                hash: h.content.state(),
             });
             size += len;
         }
-        hasher = h;
+        hashes = h;
     }
+    // The CID: the leaves the session recorded, then those of the last chunk.
+    let cid = match (&p.record.cid, hashes.leaves) {
+        (Some(progress), Some(last)) => {
+            let mut leaves = progress.leaves.clone();
+            leaves.extend(last.finish());
+            Some(file_cid(&leaves, progress.max_links))
+        }
+        _ => None,
+    };
+    let hasher = hashes.content;
     let digest = msg.digest;
     if digest.algorithm() == hasher.algorithm() && hasher.digest() != digest {
         let message = format!("content hashes to {}", hasher.digest());
@@ -134,6 +145,7 @@ pub async fn finish(p: Prepared, msg: Finish) -> Result<u64, UploadError> {
         digest,
         size,
         nodes,
+        cid,
         now_ms: now_ms(),
     };
     match ctx.raft.propose(cmd).await? {

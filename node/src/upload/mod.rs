@@ -6,6 +6,7 @@
 
 mod finish;
 pub mod hasher;
+pub mod leaves;
 pub mod replicate;
 pub mod session;
 pub mod writer;
@@ -122,6 +123,8 @@ pub struct UploadContext {
     peers: Peers,
     transfers: Transfers,
     sessions: Mutex<HashMap<String, Addr<UploadSession>>>,
+    /// Links per DAG node of blobs' CIDs, when an IPFS backend is configured.
+    cid_links: Option<u32>,
 }
 
 impl UploadContext {
@@ -142,8 +145,16 @@ pub struct Uploads {
 }
 
 impl Uploads {
-    /// Sessions' actors run on `arbiter`; their blocking work on the blocking pool.
-    pub fn new(raft: RaftNode, store: FsStore, replicas: usize, arbiter: ArbiterHandle) -> Uploads {
+    /// Sessions' actors run on `arbiter`; their blocking work on the blocking pool. With
+    /// `cid_links`, every blob's CID is computed while it is written, with that many links per
+    /// DAG node.
+    pub fn new(
+        raft: RaftNode,
+        store: FsStore,
+        replicas: usize,
+        cid_links: Option<u32>,
+        arbiter: ArbiterHandle,
+    ) -> Uploads {
         Uploads {
             ctx: Arc::new(UploadContext {
                 peers: Peers::new(raft.clone(), replicas),
@@ -151,6 +162,7 @@ impl Uploads {
                 raft,
                 store,
                 sessions: Mutex::new(HashMap::new()),
+                cid_links,
             }),
             arbiter,
         }
@@ -168,6 +180,7 @@ impl Uploads {
             id: id.clone(),
             repo,
             algorithm,
+            cid_links: self.ctx.cid_links,
             now_ms: now_ms(),
         };
         match self.ctx.raft.propose(cmd).await? {
@@ -272,12 +285,14 @@ impl Uploads {
         content_length: Option<u64>,
         body: Body,
     ) -> Result<u64, UploadError> {
-        let (size, nodes) = replicate::put_blob(&self.ctx, &digest, content_length, body).await?;
+        let stored = replicate::put_blob(&self.ctx, &digest, content_length, body).await?;
+        let size = stored.size;
         let cmd = Command::CommitBlob {
             repo,
             digest,
             size,
-            nodes,
+            nodes: stored.nodes,
+            cid: stored.cid,
         };
         match self.ctx.raft.propose(cmd).await? {
             CommandResult::Ok => Ok(size),

@@ -8,16 +8,19 @@
 
 use ipcr_proto::{Algorithm, ChunkRecord, Digest, HashState, NodeId};
 
+use ipcr_proto::cid::file_cid;
+
 use super::hasher::ResumableHasher;
-use super::writer::{self, Body, Mode};
+use super::leaves::LeafHasher;
+use super::writer::{self, Body, Hashes, Mode};
 use super::{UploadContext, UploadError, blocking};
 use crate::cluster::wire::{ChunkHeader, Plan};
 use crate::raft::RaftError;
 
 /// A chunk written here and on replicas.
 pub struct Written {
-    /// The hasher after the chunk.
-    pub hasher: ResumableHasher,
+    /// The hashes after the chunk.
+    pub hashes: Hashes,
     /// Bytes written.
     pub len: u64,
     /// Nodes holding it, fsynced and verified (this node first).
@@ -33,7 +36,7 @@ pub async fn write_chunk(
     ctx: &UploadContext,
     id: &str,
     start: u64,
-    hasher: ResumableHasher,
+    hashes: Hashes,
     body: Body,
     expected: Option<u64>,
 ) -> Result<Written, UploadError> {
@@ -41,8 +44,8 @@ pub async fn write_chunk(
     let peers = ctx.peers.ranked(id);
     let header = ChunkHeader {
         offset: start,
-        algorithm: hasher.algorithm(),
-        before: (start > 0).then(|| hasher.state()),
+        algorithm: hashes.content.algorithm(),
+        before: (start > 0).then(|| hashes.content.state()),
     };
     let tee = (copies > 1)
         .then(|| peers.first())
@@ -54,10 +57,10 @@ pub async fn write_chunk(
     };
     let path = ctx.store.upload_path(id);
     let local_path = path.clone();
-    let (hasher, len) =
-        blocking(move || writer::write(local_path, start, hasher, body, expected, tee_tx, Mode::Append))
+    let (hashes, len) =
+        blocking(move || writer::write(local_path, start, hashes, body, expected, tee_tx, Mode::Append))
             .await?;
-    let after = hasher.state();
+    let after = hashes.content.state();
     let mut nodes = vec![ctx.raft.id()];
     if let Some((peer, ack)) = tee_ack {
         match ack.await {
@@ -90,17 +93,27 @@ pub async fn write_chunk(
             nodes.len()
         )));
     }
-    Ok(Written { hasher, len, nodes })
+    Ok(Written { hashes, len, nodes })
+}
+
+/// A blob stored by a monolithic push.
+pub struct Stored {
+    /// Its size.
+    pub size: u64,
+    /// Nodes holding it (this node first).
+    pub nodes: Vec<NodeId>,
+    /// Its CID, when an IPFS backend is configured.
+    pub cid: Option<String>,
 }
 
 /// Write a whole blob (a monolithic push) to a temporary file here, check its digest, store
-/// it, and have enough replicas store verified copies. Answers the size and the holders.
+/// it, and have enough replicas store verified copies.
 pub async fn put_blob(
     ctx: &UploadContext,
     digest: &Digest,
     content_length: Option<u64>,
     body: Body,
-) -> Result<(u64, Vec<NodeId>), UploadError> {
+) -> Result<Stored, UploadError> {
     let copies = ctx.peers.copies();
     let peers = ctx.peers.ranked(&digest.to_string());
     let tee = (copies > 1)
@@ -113,27 +126,34 @@ pub async fn put_blob(
     };
     let tmp = ctx.store.temp_path();
     let (store, path, check) = (ctx.store.clone(), tmp.clone(), digest.clone());
+    let hashes = Hashes {
+        content: ResumableHasher::new(check.algorithm()),
+        leaves: ctx.cid_links.map(LeafHasher::new),
+    };
     let stored = blocking(move || {
-        let hasher = ResumableHasher::new(check.algorithm());
-        let (hasher, size) = writer::write(
+        let (hashes, size) = writer::write(
             path.clone(),
             0,
-            hasher,
+            hashes,
             body,
             content_length,
             tee_tx,
             Mode::Append,
         )?;
-        let actual = hasher.digest();
+        let actual = hashes.content.digest();
         if actual != check {
             return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
         }
         store.commit(&path, &check)?;
-        Ok(size)
+        let cid = hashes.leaves.map(|l| {
+            let links = l.max_links();
+            file_cid(&l.finish(), links)
+        });
+        Ok((size, cid))
     })
     .await;
     let _ = crate::store::FsStore::remove_file(&tmp);
-    let size = stored?;
+    let (size, cid) = stored?;
     let mut nodes = vec![ctx.raft.id()];
     if let Some((peer, ack)) = tee_ack {
         match ack.await {
@@ -161,7 +181,7 @@ pub async fn put_blob(
             nodes.len()
         )));
     }
-    Ok((size, nodes))
+    Ok(Stored { size, nodes, cid })
 }
 
 /// The midstate before chunk `i` of `chunks` (`None` for the first).
@@ -228,10 +248,12 @@ async fn fill(ctx: &UploadContext, plan: &Plan, i: usize, path: &std::path::Path
         let source = format!("/cluster/uploads/{}/bytes", plan.id);
         let fetched = ctx.transfers.fetch(url, &source, chunk.offset, chunk.len);
         let (path, offset, len) = (path.to_path_buf(), chunk.offset, chunk.len);
-        let written =
-            blocking(move || writer::write(path, offset, hasher, fetched, Some(len), None, Mode::Fill)).await;
+        let written = blocking(move || {
+            writer::write(path, offset, hasher.into(), fetched, Some(len), None, Mode::Fill)
+        })
+        .await;
         match written {
-            Ok((hasher, n)) if n == chunk.len && hasher.state() == chunk.hash => return Ok(()),
+            Ok((hashes, n)) if n == chunk.len && hashes.content.state() == chunk.hash => return Ok(()),
             Ok(_) => last_error = format!("{url} sent bytes that do not match the upload's hash chain"),
             Err(e) => last_error = format!("{url}: {e}"),
         }

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use ipcr_proto::cid::CidStep;
 use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord};
 
 use super::hasher::ResumableHasher;
-use super::writer::Body;
+use super::leaves::LeafHasher;
+use super::writer::{Body, Hashes};
 use super::{UploadContext, UploadError, finish, now_ms, replicate};
 
 /// What a chunk request carries besides its body.
@@ -101,8 +103,8 @@ pub(super) struct Prepared {
     pub expected: Option<u64>,
     /// This node's file of the session.
     pub path: PathBuf,
-    /// The hasher at `start`.
-    pub hasher: ResumableHasher,
+    /// The hashes at `start`.
+    pub hashes: Hashes,
     /// The upload service.
     pub shared: Arc<UploadContext>,
     /// The session id.
@@ -115,7 +117,7 @@ pub(super) struct Prepared {
 pub struct UploadSession {
     id: String,
     record: UploadRecord,
-    hasher: ResumableHasher,
+    hashes: Hashes,
     path: PathBuf,
     ctx: Arc<UploadContext>,
 }
@@ -123,22 +125,29 @@ pub struct UploadSession {
 impl UploadSession {
     /// Build the actor from the replicated record.
     pub fn new(id: String, record: UploadRecord, ctx: Arc<UploadContext>) -> Result<Self, UploadError> {
-        let hasher = Self::hasher_for(&record)?;
+        let hashes = Self::hashes_for(&record)?;
         let path = ctx.store.upload_path(&id);
         Ok(UploadSession {
             id,
             record,
-            hasher,
+            hashes,
             path,
             ctx,
         })
     }
 
-    fn hasher_for(record: &UploadRecord) -> Result<ResumableHasher, UploadError> {
-        match &record.hash {
-            Some(state) => ResumableHasher::resume(state).map_err(|e| UploadError::Internal(e.to_string())),
-            None => Ok(ResumableHasher::new(record.algorithm)),
-        }
+    /// The hashes after the record's acknowledged bytes.
+    fn hashes_for(record: &UploadRecord) -> Result<Hashes, UploadError> {
+        let internal = |e: super::hasher::HashStateError| UploadError::Internal(e.to_string());
+        let content = match &record.hash {
+            Some(state) => ResumableHasher::resume(state).map_err(internal)?,
+            None => ResumableHasher::new(record.algorithm),
+        };
+        let leaves = match &record.cid {
+            Some(progress) => Some(LeafHasher::resume(progress, record.size).map_err(internal)?),
+            None => None,
+        };
+        Ok(Hashes { content, leaves })
     }
 
     /// Re-read the replicated record; reload the hasher if another node moved the session on.
@@ -158,7 +167,7 @@ impl UploadSession {
             return Err(UploadError::Unknown);
         }
         if record.size != self.record.size {
-            self.hasher = Self::hasher_for(&record)?;
+            self.hashes = Self::hashes_for(&record)?;
         }
         self.record = record;
         Ok(())
@@ -178,7 +187,7 @@ impl UploadSession {
             start,
             expected: info.check(start)?,
             path: self.path.clone(),
-            hasher: self.hasher.clone(),
+            hashes: self.hashes.clone(),
             shared: self.ctx.clone(),
             id: self.id.clone(),
             record: self.record.clone(),
@@ -214,20 +223,26 @@ impl Handler<Write> for UploadSession {
         };
         let work = async move {
             let start = p.start;
-            let w = replicate::write_chunk(&p.shared, &p.id, start, p.hasher, msg.body, p.expected).await?;
+            let mut w =
+                replicate::write_chunk(&p.shared, &p.id, start, p.hashes, msg.body, p.expected).await?;
             if w.len == 0 {
-                return Ok((w.hasher, start));
+                return Ok((w.hashes, start));
             }
+            let cid = w.hashes.leaves.as_mut().map(|l| {
+                let (leaves, partial) = l.step();
+                CidStep { leaves, partial }
+            });
             let cmd = Command::AppendChunk {
                 id: p.id,
                 offset: start,
                 len: w.len,
                 nodes: w.nodes,
-                hash: w.hasher.state(),
+                hash: w.hashes.content.state(),
+                cid,
                 now_ms: now_ms(),
             };
             match p.shared.raft.propose(cmd).await? {
-                CommandResult::Ok => Ok((w.hasher, start + w.len)),
+                CommandResult::Ok => Ok((w.hashes, start + w.len)),
                 CommandResult::Rejected(Reject::RangeMismatch { size }) => {
                     Err(UploadError::RangeMismatch { size })
                 }
@@ -235,8 +250,8 @@ impl Handler<Write> for UploadSession {
             }
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| match res {
-            Ok((hasher, size)) => {
-                act.hasher = hasher;
+            Ok((hashes, size)) => {
+                act.hashes = hashes;
                 act.record.size = size;
                 Ok(size)
             }

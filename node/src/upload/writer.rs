@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::UploadError;
 use super::hasher::ResumableHasher;
+use super::leaves::LeafHasher;
 
 /// One item of a forwarded request body; `Err` when the client's stream broke.
 pub type BodyChunk = Result<Bytes, String>;
@@ -85,19 +86,74 @@ pub enum Mode {
     Fill,
 }
 
-/// Write `body` into the file at `path` from `start`, hashing it with `hasher`, and fsync. A
-/// file shorter than `start` gets a hole (chunks held elsewhere). Returns the updated hasher
-/// and the number of bytes written. When `expected` is known, the body must have exactly that
-/// length. Every chunk is also sent to `tee` (a replica's stream) while it lasts.
+/// The running hashes of an upload.
+#[derive(Clone)]
+pub struct Hashes {
+    /// The content hash.
+    pub content: ResumableHasher,
+    /// The CID's leaves, when an IPFS backend is configured.
+    pub leaves: Option<LeafHasher>,
+}
+
+impl From<ResumableHasher> for Hashes {
+    /// The content hash alone (copies between nodes, repairs, caching: no CID to compute).
+    fn from(content: ResumableHasher) -> Self {
+        Hashes {
+            content,
+            leaves: None,
+        }
+    }
+}
+
+/// Hashes the CID's leaves on a thread of its own, beside the writer: on two cores that keeps
+/// the second SHA-256 off the request's critical path.
+struct LeafThread<'scope> {
+    tx: Option<std::sync::mpsc::SyncSender<Bytes>>,
+    handle: std::thread::ScopedJoinHandle<'scope, LeafHasher>,
+}
+
+impl<'scope> LeafThread<'scope> {
+    fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, mut leaves: LeafHasher) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(BODY_CHANNEL);
+        let handle = scope.spawn(move || {
+            while let Ok(chunk) = rx.recv() {
+                leaves.update(&chunk);
+            }
+            leaves
+        });
+        LeafThread { tx: Some(tx), handle }
+    }
+
+    fn feed(&self, chunk: &Bytes) {
+        if let Some(tx) = &self.tx {
+            // The thread only stops when the sender is dropped.
+            let _ = tx.send(chunk.clone());
+        }
+    }
+
+    fn finish(mut self) -> LeafHasher {
+        self.tx.take();
+        self.handle.join().expect("the leaf hasher does not panic")
+    }
+}
+
+/// Write `body` into the file at `path` from `start`, feeding it to `hashes`, and fsync. A file shorter than `start` gets a hole (chunks held
+/// elsewhere). Returns the updated hashes and the number of bytes written. When `expected` is
+/// known, the body must have exactly that length. Every chunk is also sent to `tee` (a
+/// replica's stream) while it lasts.
 pub fn write(
     path: PathBuf,
     start: u64,
-    mut hasher: ResumableHasher,
+    hashes: Hashes,
     mut body: Body,
     expected: Option<u64>,
     mut tee: Option<mpsc::Sender<Bytes>>,
     mode: Mode,
-) -> Result<(ResumableHasher, u64), UploadError> {
+) -> Result<(Hashes, u64), UploadError> {
+    let Hashes {
+        content: mut hasher,
+        leaves,
+    } = hashes;
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -111,6 +167,7 @@ pub fn write(
     let mut written = 0u64;
     let result = std::thread::scope(|scope| {
         let flusher = Flusher::start(scope, &file)?;
+        let leaf_thread = leaves.map(|l| LeafThread::start(scope, l));
         let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &file);
         while let Some(chunk) = body.blocking_recv() {
             let chunk = chunk.map_err(UploadError::Aborted)?;
@@ -119,6 +176,9 @@ pub fn write(
                 return Err(UploadError::SizeInvalid(
                     "body longer than its declared length".into(),
                 ));
+            }
+            if let Some(t) = &leaf_thread {
+                t.feed(&chunk);
             }
             hasher.update(&chunk);
             out.write_all(&chunk)?;
@@ -143,10 +203,16 @@ pub fn write(
         }
         // The chunk is acknowledged only after this returns, so it must be on disk.
         file.sync_data()?;
-        Ok(())
+        Ok(leaf_thread.map(LeafThread::finish))
     });
     match result {
-        Ok(()) => Ok((hasher, written)),
+        Ok(leaves) => Ok((
+            Hashes {
+                content: hasher,
+                leaves,
+            },
+            written,
+        )),
         Err(e) => {
             if mode == Mode::Append {
                 let _ = file.set_len(len.min(start));

@@ -99,6 +99,10 @@ pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -
 pub async fn status(state: web::Data<ClusterApi>) -> HttpResponse {
     let voters = state.node.members().iter().filter(|(_, _, v)| *v).count();
     let want = state.registry.replicas().min(voters.max(1));
-    let under = state.node.reader().under_replicated(want).unwrap_or_default();
-    HttpResponse::Ok().json(state.node.status(under))
+    let (under, mut ipfs) = state.node.reader().blob_health(want).unwrap_or_default();
+    let ipfs = state.registry.backend().map(|b| {
+        ipfs.backend = b.name().to_string();
+        ipfs
+    });
+    HttpResponse::Ok().json(state.node.status(under, ipfs))
 }

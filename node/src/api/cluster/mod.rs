@@ -31,6 +31,8 @@ pub struct ClusterApi {
     pub transfers: crate::cluster::transfer::Transfers,
     /// Re-replication (a leaving node's blobs).
     pub repair: crate::cluster::repair::Repair,
+    /// Uploads to the IPFS backend, when one is configured.
+    pub pinner: Option<crate::backend::pinner::Pinner>,
 }
 
 /// Refuse any request without the cluster secret.
@@ -97,6 +99,7 @@ pub fn app(
             "/cluster/blobs/{digest}/fetch",
             web::post().to(transfer::fetch_blob),
         )
+        .route("/cluster/blobs/{digest}/pin", web::post().to(transfer::pin_blob))
 }
 
 /// An encoded (`raft::encode`) answer.

@@ -51,11 +51,13 @@ pub async fn put_chunk(
     let path = state.registry.store().upload_path(&id);
     let offset = header.offset;
     let written = body::forward(rest(first, payload), |b| {
-        crate::upload::blocking(move || writer::write(path, offset, hasher, b, None, None, Mode::Append))
+        crate::upload::blocking(move || {
+            writer::write(path, offset, hasher.into(), b, None, None, Mode::Append)
+        })
     })
     .await;
     let ack: ChunkAck = written
-        .map(|(hasher, n)| (n, hasher.state()))
+        .map(|(hashes, n)| (n, hashes.content.state()))
         .map_err(|e| e.to_string());
     Ok(encoded(&ack))
 }
@@ -151,7 +153,8 @@ pub async fn put_blob(
     let stored = body::forward(rest(first, payload), |b| {
         crate::upload::blocking(move || {
             let hasher = ResumableHasher::new(digest.algorithm());
-            let (hasher, _) = writer::write(path.clone(), 0, hasher, b, None, None, Mode::Append)?;
+            let (hashes, _) = writer::write(path.clone(), 0, hasher.into(), b, None, None, Mode::Append)?;
+            let hasher = hashes.content;
             if hasher.digest() != digest {
                 return Err(crate::upload::UploadError::DigestInvalid(format!(
                     "received bytes hash to {}",
@@ -170,6 +173,27 @@ pub async fn put_blob(
 
 /// `POST /cluster/blobs/<digest>/fetch`: make a copy of a blob here, from one of the given
 /// holders (repair).
+/// A blob this node holds, uploaded to the IPFS backend on the leader's request.
+pub async fn pin_blob(state: web::Data<ClusterApi>, d: web::Path<String>) -> actix_web::Result<HttpResponse> {
+    let digest = digest(&d)?;
+    let answer: Result<(), String> = async {
+        let pinner = state
+            .pinner
+            .as_ref()
+            .ok_or("no IPFS backend is configured on this node")?;
+        state.node.read_barrier().await.map_err(|e| e.to_string())?;
+        let record = state
+            .node
+            .reader()
+            .blob_any(&digest)
+            .map_err(|e| e.to_string())?
+            .ok_or("blob not committed")?;
+        pinner.pin_local(&digest, &record).await
+    }
+    .await;
+    Ok(encoded(&answer))
+}
+
 pub async fn fetch_blob(
     state: web::Data<ClusterApi>,
     d: web::Path<String>,

@@ -1,0 +1,136 @@
+//! Helpers shared by the benchmarks (`src/bin/bench_*.rs`): a 1 GiB incompressible blob, a
+//! timed push and pull with `curl`, medians and percentiles.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest as _, Sha256};
+
+/// Size of the big blob.
+pub const BIG: u64 = 1 << 30;
+
+/// A 1 GiB incompressible file and its digest.
+pub fn make_blob(path: &Path) -> Result<String> {
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut hasher = Sha256::new();
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut buf = vec![0u8; 1 << 20];
+    for _ in 0..(BIG >> 20) {
+        for word in buf.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        hasher.update(&buf);
+        f.write_all(&buf)?;
+    }
+    f.flush()?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// `curl` a request; answers (status, seconds, headers).
+pub fn curl(args: &[&str], url: &str) -> Result<(u16, f64, String)> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code} %{time_total}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let (code, secs) = last.split_once(' ').context("curl printed no status")?;
+    Ok((code.parse()?, secs.parse()?, text))
+}
+
+pub fn location(base: &str, headers: &str) -> Result<String> {
+    let loc = headers
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("location"))
+        })
+        .map(|(_, v)| v.trim().to_string())
+        .context("no Location")?;
+    Ok(if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    })
+}
+
+/// POST + PUT of the whole file, timed end to end.
+pub fn push_big(base: &str, repo: &str, file: &Path, digest: &str) -> Result<f64> {
+    let _ = Command::new("sync").status();
+    let started = Instant::now();
+    let (code, _, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{repo}/blobs/uploads/"))?;
+    if code != 202 {
+        bail!("POST to {base}: {code}");
+    }
+    let loc = location(base, &headers)?;
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let f = file.display().to_string();
+    let (code, _, _) = curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            &f,
+        ],
+        &format!("{loc}{sep}digest={digest}"),
+    )?;
+    if code != 201 {
+        bail!("PUT to {base}: {code}");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// `GET` a blob with curl into `/dev/null`; answers (status, seconds, bytes).
+pub fn pull(url: &str) -> Result<(u16, f64, u64)> {
+    let _ = Command::new("sync").status();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-L",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total} %{size_download}",
+        ])
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut f = text.split_whitespace();
+    let (code, secs, size) = (f.next(), f.next(), f.next());
+    match (code, secs, size) {
+        (Some(c), Some(t), Some(n)) => Ok((c.parse()?, t.parse()?, n.parse()?)),
+        _ => bail!("curl printed {text:?}"),
+    }
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}

@@ -1,0 +1,483 @@
+//! Blobs on IPFS through the Estuary backend (and the emulator that stands in for Estuary and
+//! Kubo): CIDs that agree with the vectors, pins recorded in the replicated blob index, pulls
+//! of blobs no node holds any more (redirected or proxied, always verified), a backend outage
+//! during pushes, wrong answers and corrupted bytes from the backend, cache eviction.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use cluster_tests::client::Registry;
+use cluster_tests::emulator::{Emulator, TOKEN};
+use cluster_tests::pushes::{self, Pushed, image};
+use cluster_tests::tools::require_tool;
+use cluster_tests::{Balancer, Cluster, Node, sha256_digest};
+use ipcr_proto::admin::IpfsStatus;
+use reqwest::blocking::Client;
+use serde_json::Value;
+
+const VECTORS: &str = include_str!("../../node/tests/data/ipfs-cids.tsv");
+
+/// `(size, cid_174, cid_1024)` of the vectors' rows up to `max` bytes.
+fn vector_rows(max: u64) -> Vec<(u64, String, String)> {
+    VECTORS
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].parse().unwrap(), f[2].to_string(), f[3].to_string())
+        })
+        .filter(|(size, _, _)| *size <= max)
+        .collect()
+}
+
+/// The vectors' content of `n` bytes: byte `i` is `i mod 251`.
+fn pattern(n: u64) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn estuary_add(emu: &Emulator, auth: Option<&str>, name: &str, bytes: Vec<u8>) -> (u16, Value) {
+    let part = reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_string());
+    let form = reqwest::blocking::multipart::Form::new().part("data", part);
+    let mut req = Client::new()
+        .post(format!("{}/content/add", emu.url()))
+        .multipart(form);
+    if let Some(a) = auth {
+        req = req.header("Authorization", a);
+    }
+    let resp = req.send().expect("content/add");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn estuary_get(emu: &Emulator, path: &str) -> Value {
+    let resp = Client::new()
+        .get(format!("{}{path}", emu.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .expect("estuary GET");
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.json().expect("json")
+}
+
+#[test]
+fn the_emulator_follows_estuary_and_kubo_and_agrees_with_the_vectors() {
+    let emu = Emulator::start();
+    // Estuary's authentication errors.
+    for (auth, reason) in [
+        (None, "ERR_AUTH_MISSING"),
+        (Some("Token abc"), "ERR_AUTH_MISSING_BEARER"),
+        (Some("Bearer"), "ERR_INVALID_AUTH"),
+        (Some("Bearer ESTnotatokenARY"), "ERR_INVALID_TOKEN"),
+    ] {
+        let (status, body) = estuary_add(&emu, auth, "x", b"x".to_vec());
+        assert_eq!(status, 401, "{auth:?}");
+        assert_eq!(body["error"]["reason"], reason, "{auth:?}: {body}");
+        assert_eq!(body["error"]["code"], 401);
+    }
+    let bearer = format!("Bearer {TOKEN}");
+    // Adds: Estuary imports with 1024 links, Kubo with its default 174.
+    for (size, cid_174, cid_1024) in vector_rows(10 << 20) {
+        let (status, body) = estuary_add(&emu, Some(&bearer), &format!("blob-{size}"), pattern(size));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["cid"], cid_1024.as_str(), "estuary add of {size} bytes");
+        assert!(
+            body["estuaryId"].as_u64().is_some() && body["providers"].is_array(),
+            "{body}"
+        );
+        assert!(body["retrieval_url"].as_str().unwrap().ends_with(&cid_1024));
+        let part = reqwest::blocking::multipart::Part::bytes(pattern(size)).file_name("f");
+        let resp = Client::new()
+            .post(format!(
+                "{}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1048576&pin=true",
+                emu.url()
+            ))
+            .multipart(reqwest::blocking::multipart::Form::new().part("file", part))
+            .send()
+            .unwrap();
+        let line: Value = serde_json::from_str(resp.text().unwrap().lines().last().unwrap()).unwrap();
+        assert_eq!(line["Hash"], cid_174.as_str(), "kubo add of {size} bytes");
+    }
+    // Pins, content by CID, the gateway with ranges, Kubo's cat.
+    let (_, _, cid) = vector_rows(3_500_000).pop().unwrap();
+    let pins = estuary_get(&emu, &format!("/pinning/pins?cid={cid}&status=pinned&limit=5"));
+    // One content per add, as in Estuary: the Estuary add and the Kubo add of these bytes.
+    assert_eq!(pins["count"], 2, "{pins}");
+    let pin = pins["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pin"]["name"] == "blob-3500000")
+        .expect("the Estuary add's pin");
+    assert_eq!(pin["status"], "pinned");
+    assert_eq!(pin["pin"]["cid"], cid.as_str());
+    assert_eq!(pin["pin"]["name"], "blob-3500000");
+    assert!(pin["requestid"].is_string() && pin["created"].is_string() && pin["delegates"].is_array());
+    let by_name = estuary_get(&emu, "/pinning/pins?name=blob-3500000");
+    assert_eq!(by_name["count"], 1);
+    let by_cid = estuary_get(&emu, &format!("/content/by-cid/{cid}"));
+    assert_eq!(by_cid[0]["content"]["cid"], cid.as_str());
+    assert!(by_cid[0]["deals"].is_array());
+    let whole = pattern(3_500_000);
+    let ranged = Client::new()
+        .get(format!("{}/gw/ipfs/{cid}", emu.url()))
+        .header("Range", "bytes=1000000-1999999")
+        .send()
+        .unwrap();
+    assert_eq!(ranged.status().as_u16(), 206);
+    assert_eq!(
+        ranged.headers()["content-range"].to_str().unwrap(),
+        "bytes 1000000-1999999/3500000"
+    );
+    assert_eq!(&ranged.bytes().unwrap()[..], &whole[1_000_000..2_000_000]);
+    let cat = Client::new()
+        .post(format!("{}/api/v0/cat?arg={cid}&offset=10&length=100", emu.url()))
+        .send()
+        .unwrap();
+    assert_eq!(&cat.bytes().unwrap()[..], &whole[10..110]);
+    // Faults on demand.
+    emu.set_mode("wrong-cid");
+    let (_, body) = estuary_add(&emu, Some(&bearer), "w", pattern(1000));
+    assert_ne!(body["cid"], vector_rows(1000).pop().unwrap().2.as_str());
+    emu.set_mode("corrupt");
+    let got = Client::new()
+        .get(format!("{}/gw/ipfs/{cid}", emu.url()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(got.len(), whole.len());
+    assert_ne!(&got[..], &whole[..], "corrupt mode must flip a byte");
+    emu.set_mode("refuse");
+    let (status, body) = estuary_add(&emu, Some(&bearer), "r", pattern(10));
+    assert_eq!(status, 500, "{body}");
+    emu.set_mode("ok");
+}
+
+/// `REGISTRY_*` settings of a node using the emulator as its Estuary.
+fn estuary_env(emu: &Emulator, redirect: bool) -> Vec<(String, String)> {
+    vec![
+        ("REGISTRY_STORAGE_ESTUARY_URL".into(), emu.url()),
+        ("REGISTRY_STORAGE_ESTUARY_SHUTTLE_URL".into(), emu.url()),
+        ("REGISTRY_STORAGE_ESTUARY_AUTH_TOKEN".into(), TOKEN.into()),
+        (
+            "REGISTRY_STORAGE_REDIRECT_DISABLE".into(),
+            (!redirect).to_string(),
+        ),
+        ("REGISTRY_HEALTH_STORAGEDRIVER_ENABLED".into(), "true".into()),
+        ("REGISTRY_HEALTH_STORAGEDRIVER_INTERVAL".into(), "200ms".into()),
+        ("REGISTRY_HEALTH_STORAGEDRIVER_THRESHOLD".into(), "2".into()),
+    ]
+}
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn ipfs_status(cluster: &Cluster) -> IpfsStatus {
+    cluster
+        .status(0)
+        .expect("status")
+        .ipfs
+        .expect("the status shows the backend")
+}
+
+/// Wait until the status shows `n` blobs pinned and none pending or failed.
+fn wait_pinned(cluster: &Cluster, n: u64, timeout: Duration) -> IpfsStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = ipfs_status(cluster);
+        if s.pinned >= n && s.pending == 0 && s.failed == 0 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "blobs not pinned within {timeout:?}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn push(reg: &Registry, repo: &str, seed: u64) -> Pushed {
+    let img = image(seed, 2, 1_500_000 + seed as usize);
+    let mut failures = Vec::new();
+    pushes::push_with_retries(&mut |_| reg.clone(), repo, "v1", &img, 1 << 20, &mut failures)
+        .unwrap_or_else(|e| panic!("push {repo}: {e}"))
+}
+
+/// Every node's local copy of `digest` removed.
+fn wipe(cluster: &Cluster, digest: &str) {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    for node in &cluster.nodes {
+        let path = node.data_dir().join("blobs/sha256").join(&hex[..2]).join(hex);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Push through a 3-node cluster on the emulated Estuary, check every blob got its CID and
+/// is pinned under it, wipe every node's copy of a layer, pull it through the balancer.
+fn pull_of_a_wiped_blob(redirect: bool) {
+    if require_tool("haproxy").is_none() {
+        return;
+    }
+    let emu = Emulator::start();
+    let env = estuary_env(&emu, redirect);
+    let mut cluster = Cluster::start(3, &borrowed(&env));
+    let lb = Balancer::start(&cluster.hosts());
+    let reg = Registry::new(&lb.base_url());
+    let pushed = push(&reg, "ipfs/app", 7);
+    let digests: BTreeSet<&String> = pushed.blobs.iter().map(|(d, _)| d).collect();
+    wait_pinned(&cluster, digests.len() as u64, Duration::from_secs(60));
+    // The emulator holds each blob under the CID the node computed for it.
+    for (digest, bytes) in &pushed.blobs {
+        let pins = estuary_get(&emu, &format!("/pinning/pins?name={digest}"));
+        assert_eq!(pins["count"], 1, "{digest}: {pins}");
+        let cid = pins["results"][0]["pin"]["cid"].as_str().unwrap();
+        let gw = Client::new()
+            .get(format!("{}/gw/ipfs/{cid}", emu.url()))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert_eq!(sha256_digest(&gw), *digest);
+        assert_eq!(gw.len(), bytes.len());
+    }
+    let (layer, bytes) = pushed.blobs[1].clone();
+    wipe(&cluster, &layer);
+    let url = format!("{}/v2/ipfs/app/blobs/{layer}", lb.base_url());
+    let no_follow = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow.get(&url).send().unwrap();
+    if redirect {
+        assert_eq!(
+            resp.status().as_u16(),
+            307,
+            "a wiped blob is redirected to the gateway"
+        );
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        assert!(
+            location.starts_with(&format!("{}/gw/ipfs/bafy", emu.url())),
+            "{location}"
+        );
+        let got = Client::new().get(&location).send().unwrap().bytes().unwrap();
+        assert_eq!(sha256_digest(&got), layer);
+    } else {
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "a wiped blob is served through the node"
+        );
+        let got = resp.bytes().unwrap();
+        assert_eq!(&got[..], &bytes[..]);
+        // Served once, kept: the node that restored it holds a verified copy again.
+        let held = cluster
+            .nodes
+            .iter()
+            .filter(|n| {
+                let hex = layer.strip_prefix("sha256:").unwrap();
+                n.data_dir()
+                    .join("blobs/sha256")
+                    .join(&hex[..2])
+                    .join(hex)
+                    .exists()
+            })
+            .count();
+        assert_eq!(held, 1, "exactly the serving node restored a copy");
+        // And a range of it from every node.
+        for host in cluster.hosts() {
+            let part = Client::new()
+                .get(format!("http://{host}/v2/ipfs/app/blobs/{layer}"))
+                .header("Range", "bytes=100-199")
+                .send()
+                .unwrap();
+            assert_eq!(part.status().as_u16(), 206);
+            assert_eq!(&part.bytes().unwrap()[..], &bytes[100..200]);
+        }
+    }
+}
+
+#[test]
+fn a_blob_no_node_holds_is_served_from_the_gateway_without_redirect() {
+    pull_of_a_wiped_blob(false);
+}
+
+#[test]
+fn a_blob_no_node_holds_is_redirected_to_the_gateway() {
+    pull_of_a_wiped_blob(true);
+}
+
+#[test]
+fn pushes_go_on_while_the_backend_is_down_and_the_backlog_drains() {
+    let mut emu = Emulator::start();
+    let env = estuary_env(&emu, false);
+    let mut cluster = Cluster::start(3, &borrowed(&env));
+    let hosts = cluster.hosts();
+    emu.kill9();
+    // The backend's health goes bad on every node; readiness does not depend on it.
+    let http = Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = http
+            .get(format!("http://{}/debug/health", hosts[0]))
+            .send()
+            .unwrap();
+        if h.status().as_u16() == 503 {
+            let body: Value = h.json().unwrap();
+            assert!(body.to_string().contains("storagedriver_estuary"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "backend never reported unhealthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut pushed = Vec::new();
+    for i in 0..20u64 {
+        let reg = Registry::new(&format!("http://{}", hosts[i as usize % hosts.len()]));
+        pushed.push(push(&reg, &format!("down/p{i}"), 100 + i));
+    }
+    let blobs: BTreeSet<String> = pushed
+        .iter()
+        .flat_map(|p| p.blobs.iter().map(|(d, _)| d.clone()))
+        .collect();
+    let s = ipfs_status(&cluster);
+    assert_eq!(s.pinned, 0, "{s:?}");
+    assert_eq!(s.pending + s.failed, blobs.len() as u64, "{s:?}");
+    emu.restart();
+    let s = wait_pinned(&cluster, blobs.len() as u64, Duration::from_secs(120));
+    assert_eq!(s.pinned, blobs.len() as u64);
+    for d in &blobs {
+        let pins = estuary_get(&emu, &format!("/pinning/pins?name={d}"));
+        assert!(
+            pins["count"].as_u64().unwrap() >= 1,
+            "{d} never reached the backend"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http
+        .get(format!("http://{}/debug/health", hosts[0]))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+        != 200
+    {
+        assert!(Instant::now() < deadline, "backend never reported healthy again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn wrong_answers_and_corrupted_bytes_from_the_backend_are_never_accepted() {
+    let emu = Emulator::start();
+    let env = estuary_env(&emu, false);
+    let cluster = Cluster::start(1, &borrowed(&env));
+    let reg = Registry::new(&cluster.nodes[0].base_url());
+    // A backend that answers another CID: recorded as a failure, never as pinned.
+    emu.set_mode("wrong-cid");
+    let pushed = push(&reg, "bad/cid", 300);
+    let n = pushed.blobs.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = ipfs_status(&cluster);
+        assert_eq!(s.pinned, 0, "a wrong CID was accepted: {s:?}");
+        if s.failed == n {
+            assert!(s.failures[0].reason.contains("backend answered CID"), "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "wrong CIDs not reported: {s:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    emu.set_mode("ok");
+    wait_pinned(&cluster, n, Duration::from_secs(120));
+    // Corrupted bytes from the gateway: the pull fails cleanly, nothing wrong is kept.
+    let (layer, bytes) = pushed.blobs[1].clone();
+    wipe(&cluster, &layer);
+    emu.set_mode("corrupt");
+    let resp = Client::new()
+        .get(format!(
+            "{}/v2/bad/cid/blobs/{layer}",
+            cluster.nodes[0].base_url()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503, "corrupted bytes must not be served");
+    assert!(resp.headers().contains_key("retry-after"));
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let local = cluster.nodes[0]
+        .data_dir()
+        .join("blobs/sha256")
+        .join(&hex[..2])
+        .join(hex);
+    assert!(!local.exists(), "corrupted bytes were stored");
+    // Once the source serves the right bytes, the same pull works.
+    emu.set_mode("ok");
+    let got = reg
+        .get_blob("bad/cid", &layer)
+        .expect("pull after the backend recovered");
+    assert_eq!(got.bytes, bytes.to_vec());
+}
+
+#[test]
+fn the_cache_evicts_only_what_the_backend_confirms() {
+    let emu = Emulator::start();
+    let mut env = estuary_env(&emu, false);
+    env.push(("REGISTRY_STORAGE_CACHE_MAXSIZE".into(), "1MiB".into()));
+    let node = Node::start_with_env("cache", &borrowed(&env));
+    let reg = Registry::new(&node.base_url());
+    emu.set_mode("refuse");
+    let pushed = push(&reg, "cache/app", 400);
+    let count_local = || {
+        pushed
+            .blobs
+            .iter()
+            .filter(|(d, _)| {
+                let hex = d.strip_prefix("sha256:").unwrap();
+                node.data_dir()
+                    .join("blobs/sha256")
+                    .join(&hex[..2])
+                    .join(hex)
+                    .exists()
+            })
+            .count()
+    };
+    // Over the limit, but nothing is confirmed by the backend: everything stays.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(count_local(), pushed.blobs.len());
+    emu.set_mode("ok");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_local() > 1 {
+        assert!(Instant::now() < deadline, "nothing evicted over the cache limit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Evicted blobs are still served (from the backend, verified, and cached again).
+    for (digest, bytes) in &pushed.blobs {
+        let got = reg
+            .get_blob("cache/app", digest)
+            .expect("pull of an evicted blob");
+        assert_eq!(&got.bytes, &bytes[..]);
+    }
+}
+
+#[test]
+fn the_kubo_backend_adds_with_the_node_settings_and_reads_through_cat() {
+    let emu = Emulator::start();
+    // 4 links per node: a 5 MiB layer becomes a DAG of two levels, checked against the
+    // emulator's own importer.
+    let env = [
+        ("REGISTRY_STORAGE_IPFS_API", emu.url()),
+        ("REGISTRY_STORAGE_IPFS_LINKS", "4".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = Cluster::start(1, &env);
+    let reg = Registry::new(&cluster.nodes[0].base_url());
+    let layer = pattern(5 << 20);
+    let digest = reg
+        .push_blob_chunked("kubo/app", &layer, &[700_000, 3_000_000])
+        .expect("chunked push");
+    let s = wait_pinned(&cluster, 1, Duration::from_secs(60));
+    assert_eq!(s.backend, "ipfs");
+    wipe(&cluster, &digest);
+    let got = reg.get_blob("kubo/app", &digest).expect("pull through cat");
+    assert_eq!(got.bytes, layer);
+}

@@ -1,0 +1,351 @@
+//! The IPFS side of blob storage: an Estuary pinning service (the original project's storage)
+//! or a Kubo node's RPC API. The nodes' disks stay the first tier; the backend receives every
+//! committed blob once it is durable on them, and serves blobs no node holds any more.
+//!
+//! IPCR computes each blob's CID itself while the blob is written (`upload::leaves`), with the
+//! backend's import settings, so every answer of the backend is checked: an add that reports
+//! another CID is a failure, and bytes fetched back are verified against the blob's digest
+//! before anyone is served them.
+//!
+//! Every call runs on the Raft runtime, where this module's HTTP client lives.
+
+pub mod cache;
+pub mod pinner;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use ipcr_proto::cid::{KUBO_LINKS, canonical};
+use serde::Deserialize;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::config::StorageConfig;
+
+/// How long one add or fetch of blob bytes may take.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a metadata call or a probe may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Chunks buffered from a fetch.
+const FETCH_CHANNEL: usize = 32;
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// Unreachable, timed out, or answered with an error.
+    #[error("{0}")]
+    Failed(String),
+    /// Answered a CID other than the one IPCR computed: the backend imported other bytes or
+    /// with other settings.
+    #[error("backend answered CID {got} for a blob whose CID is {expected}")]
+    WrongCid {
+        /// What IPCR computed.
+        expected: String,
+        /// What the backend said.
+        got: String,
+    },
+}
+
+fn failed(context: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(format!("{context}: {e}"))
+}
+
+#[derive(Clone)]
+enum Kind {
+    /// `storage.estuary`: uploads to the shuttle, reads from the gateway.
+    Estuary {
+        api: String,
+        shuttle: String,
+        token: String,
+    },
+    /// `storage.ipfs`: a Kubo node's RPC API.
+    Kubo { api: String },
+}
+
+/// A configured backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Backend {
+    kind: Kind,
+    /// Links per DAG node of the backend's import settings.
+    links: u32,
+    /// Base URL of the public gateway, `{gateway}/{cid}` serving a blob.
+    gateway: Option<String>,
+    client: reqwest::Client,
+    runtime: Handle,
+}
+
+/// Estuary's answer to `POST /content/add`.
+#[derive(Deserialize)]
+struct EstuaryAdded {
+    cid: String,
+}
+
+/// Estuary's error envelope.
+#[derive(Deserialize)]
+struct EstuaryError {
+    error: EstuaryErrorBody,
+}
+
+#[derive(Deserialize)]
+struct EstuaryErrorBody {
+    reason: String,
+    #[serde(default)]
+    details: String,
+}
+
+/// One line of Kubo's `add` answer.
+#[derive(Deserialize)]
+struct KuboAdded {
+    #[serde(rename = "Hash")]
+    hash: String,
+}
+
+/// `GET /pinning/pins`.
+#[derive(Deserialize)]
+struct PinList {
+    count: u64,
+}
+
+fn trim(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
+}
+
+/// An error answer's text, with Estuary's reason and details when it sent its envelope.
+async fn describe(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<EstuaryError>(&text) {
+        Ok(e) => format!("HTTP {status} {}: {}", e.error.reason, e.error.details),
+        Err(_) => format!("HTTP {status} {}", text.chars().take(200).collect::<String>()),
+    }
+}
+
+impl Backend {
+    /// The backend `storage` configures, if any; its calls run on `runtime`.
+    pub fn from_config(storage: &StorageConfig, runtime: Handle) -> Option<Backend> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(CALL_TIMEOUT)
+            .build()
+            .expect("an HTTP client with default TLS-less settings");
+        if let Some(e) = &storage.estuary {
+            let api = trim(&e.url);
+            let shuttle = if e.shuttle_url.is_empty() {
+                api.clone()
+            } else {
+                trim(&e.shuttle_url)
+            };
+            let gateway = Some(trim(e.gateway.as_deref().unwrap_or(&format!("{api}/gw/ipfs"))));
+            return Some(Backend {
+                kind: Kind::Estuary {
+                    api,
+                    shuttle,
+                    token: e.auth_token.clone(),
+                },
+                links: ipcr_proto::cid::ESTUARY_LINKS,
+                gateway,
+                client,
+                runtime,
+            });
+        }
+        storage.ipfs.as_ref().map(|i| Backend {
+            kind: Kind::Kubo { api: trim(&i.api) },
+            links: i.links,
+            gateway: i.gateway.as_deref().map(|g| format!("{}/ipfs", trim(g))),
+            client,
+            runtime,
+        })
+    }
+
+    /// `estuary` or `ipfs`.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Estuary { .. } => "estuary",
+            Kind::Kubo { .. } => "ipfs",
+        }
+    }
+
+    /// Links per DAG node of the backend's import settings.
+    pub fn links(&self) -> u32 {
+        self.links
+    }
+
+    /// The public gateway URL of a CID, when the backend has a gateway.
+    pub fn gateway_url(&self, cid: &str) -> Option<String> {
+        self.gateway.as_ref().map(|g| format!("{g}/{cid}"))
+    }
+
+    /// Run `fut` on the runtime the client belongs to.
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, BackendError>> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        self.runtime
+            .spawn(fut)
+            .await
+            .unwrap_or_else(|e| Err(failed("backend task", e)))
+    }
+
+    /// Upload the `size` bytes of the file at `path`, named `name`, streamed; answers once
+    /// the backend confirmed exactly `expected` as its CID.
+    pub async fn add(
+        &self,
+        path: PathBuf,
+        size: u64,
+        name: String,
+        expected: String,
+    ) -> Result<(), BackendError> {
+        let this = self.clone();
+        self.on_runtime(async move {
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| failed("opening the blob", e))?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+            let part = reqwest::multipart::Part::stream_with_length(body, size)
+                .file_name(name)
+                .mime_str("application/octet-stream")
+                .map_err(|e| failed("multipart", e))?;
+            let got = match &this.kind {
+                Kind::Estuary { shuttle, token, .. } => {
+                    let form = reqwest::multipart::Form::new().part("data", part);
+                    let resp = this
+                        .client
+                        .post(format!("{shuttle}/content/add"))
+                        .bearer_auth(token)
+                        .multipart(form)
+                        .timeout(TRANSFER_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("estuary add", e))?;
+                    if !resp.status().is_success() {
+                        return Err(failed("estuary add", describe(resp).await));
+                    }
+                    let added: EstuaryAdded = resp.json().await.map_err(|e| failed("estuary add answer", e))?;
+                    added.cid
+                }
+                Kind::Kubo { api } => {
+                    let form = reqwest::multipart::Form::new().part("file", part);
+                    let mut url = format!(
+                        "{api}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1048576&pin=true&progress=false"
+                    );
+                    if this.links != KUBO_LINKS {
+                        url.push_str(&format!("&max-file-links={}", this.links));
+                    }
+                    let resp = this
+                        .client
+                        .post(url)
+                        .multipart(form)
+                        .timeout(TRANSFER_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("ipfs add", e))?;
+                    if !resp.status().is_success() {
+                        return Err(failed("ipfs add", describe(resp).await));
+                    }
+                    let text = resp.text().await.map_err(|e| failed("ipfs add answer", e))?;
+                    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                    let added: KuboAdded = serde_json::from_str(last).map_err(|e| failed("ipfs add answer", e))?;
+                    added.hash
+                }
+            };
+            if canonical(&got).as_deref() != Some(expected.as_str()) {
+                return Err(BackendError::WrongCid { expected, got });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stream the whole content of `cid` (gateway for Estuary, `cat` for Kubo). The bytes are
+    /// not verified here: the caller checks them against the blob's digest.
+    pub fn fetch(&self, cid: &str) -> mpsc::Receiver<Result<Bytes, String>> {
+        let (tx, rx) = mpsc::channel(FETCH_CHANNEL);
+        let request = match &self.kind {
+            Kind::Estuary { .. } => self.client.get(self.gateway_url(cid).unwrap_or_default()),
+            Kind::Kubo { api } => self.client.post(format!("{api}/api/v0/cat?arg={cid}")),
+        };
+        let what = format!("{} {cid}", self.name());
+        self.runtime.spawn(async move {
+            let resp = match request.timeout(TRANSFER_TIMEOUT).send().await {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    let _ = tx.send(Err(format!("{what}: HTTP {}", r.status()))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{what}: {e}"))).await;
+                    return;
+                }
+            };
+            let mut stream = resp.bytes_stream();
+            while let Some(item) = stream.next().await {
+                let item = item.map_err(|e| format!("{what}: {e}"));
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Does the backend confirm it holds `cid` (pinned)?
+    pub async fn confirms(&self, cid: &str) -> Result<bool, BackendError> {
+        let this = self.clone();
+        let cid = cid.to_string();
+        self.on_runtime(async move {
+            match &this.kind {
+                Kind::Estuary { api, token, .. } => {
+                    let resp = this
+                        .client
+                        .get(format!("{api}/pinning/pins?cid={cid}&status=pinned&limit=1"))
+                        .bearer_auth(token)
+                        .timeout(CALL_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("estuary pins", e))?;
+                    if !resp.status().is_success() {
+                        return Err(failed("estuary pins", describe(resp).await));
+                    }
+                    let list: PinList = resp.json().await.map_err(|e| failed("estuary pins answer", e))?;
+                    Ok(list.count > 0)
+                }
+                Kind::Kubo { api } => {
+                    let resp = this
+                        .client
+                        .post(format!("{api}/api/v0/pin/ls?arg={cid}&type=recursive"))
+                        .timeout(CALL_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("ipfs pin/ls", e))?;
+                    Ok(resp.status().is_success())
+                }
+            }
+        })
+        .await
+    }
+
+    /// One health probe: an authenticated call that touches no content.
+    pub async fn probe(&self) -> Result<(), BackendError> {
+        let this = self.clone();
+        self.on_runtime(async move {
+            let request = match &this.kind {
+                Kind::Estuary { api, token, .. } => {
+                    this.client.get(format!("{api}/viewer")).bearer_auth(token)
+                }
+                Kind::Kubo { api } => this.client.post(format!("{api}/api/v0/version")),
+            };
+            let resp = request
+                .timeout(CALL_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| failed(this.name(), e))?;
+            if !resp.status().is_success() {
+                return Err(failed(this.name(), describe(resp).await));
+            }
+            Ok(())
+        })
+        .await
+    }
+}
