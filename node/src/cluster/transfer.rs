@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use ipcr_proto::{Digest, HashState};
+use ipcr_proto::Digest;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -51,7 +51,7 @@ impl Transfers {
 
     /// Start copying a chunk to `peer` while it is being received: answers the sender to feed
     /// with the chunk's bytes (drop it at the end) and the replica's acknowledgement.
-    pub fn copy_chunk(&self, peer: &str, id: &str, header: ChunkHeader) -> Copy<(u64, HashState)> {
+    pub fn copy_chunk(&self, peer: &str, id: &str, header: ChunkHeader) -> Copy<(u64, u32)> {
         let (tx, rx) = mpsc::channel::<Bytes>(TEE_CHANNEL);
         let stream = receiver_stream(rx).map(Ok::<Bytes, std::io::Error>);
         let url = format!("{peer}/cluster/uploads/{id}/chunk");
@@ -75,7 +75,7 @@ impl Transfers {
         header: ChunkHeader,
         path: PathBuf,
         len: u64,
-    ) -> Result<(u64, HashState), TransferError> {
+    ) -> Result<(u64, u32), TransferError> {
         let stream = crate::store::read::BlobStream::new(
             std::fs::File::open(&path).map_err(|e| e.to_string())?,
             header.offset,

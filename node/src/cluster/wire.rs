@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use ipcr_proto::{Algorithm, ChunkRecord, Digest, HashState, NodeId, RepoName};
+use ipcr_proto::{Algorithm, ChunkRecord, Digest, NodeId, RepoName};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -58,14 +58,10 @@ where
 pub struct ChunkHeader {
     /// Where the chunk goes in the upload.
     pub offset: u64,
-    /// The session's algorithm.
-    pub algorithm: Algorithm,
-    /// Midstate before the chunk (`None` at offset 0).
-    pub before: Option<HashState>,
 }
 
-/// A replica's answer to a chunk copy: bytes written and the midstate after them.
-pub type ChunkAck = Result<(u64, HashState), String>;
+/// A replica's answer to a chunk copy: bytes written (fsynced) and their CRC-32.
+pub type ChunkAck = Result<(u64, u32), String>;
 
 /// Everything a node needs to assemble a finished upload as a blob, from its own chunks and
 /// copies fetched from their holders (`POST /cluster/uploads/<id>/materialize`).

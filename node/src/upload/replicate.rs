@@ -3,8 +3,10 @@
 //!
 //! A chunk is streamed to the first replica (by rendezvous order of the session id) while it is
 //! written here; if that replica fails, the chunk is replayed from this node's file to the
-//! next. Every copy is checked against the hash chain: a replica resumes the midstate before
-//! the chunk, hashes what it received and must reach the same midstate as this node.
+//! next. This node hashes the chunk (SHA-256 midstate, checked against the client's digest at
+//! the close); a replica's copy is checked by CRC-32: both sides compute it over the bytes they
+//! wrote and must agree, so the midstate holds for the replica's bytes too. Chunks fetched
+//! later from a holder (to complete a copy at the close) are checked against the hash chain.
 
 use ipcr_proto::{Algorithm, ChunkRecord, Digest, HashState, NodeId};
 
@@ -42,11 +44,7 @@ pub async fn write_chunk(
 ) -> Result<Written, UploadError> {
     let copies = ctx.peers.copies();
     let peers = ctx.peers.ranked(id);
-    let header = ChunkHeader {
-        offset: start,
-        algorithm: hashes.content.algorithm(),
-        before: (start > 0).then(|| hashes.content.state()),
-    };
+    let header = ChunkHeader { offset: start };
     let tee = (copies > 1)
         .then(|| peers.first())
         .flatten()
@@ -60,11 +58,11 @@ pub async fn write_chunk(
     let (hashes, len) =
         blocking(move || writer::write(local_path, start, hashes, body, expected, tee_tx, Mode::Append))
             .await?;
-    let after = hashes.content.state();
+    let crc = hashes.crc;
     let mut nodes = vec![ctx.raft.id()];
     if let Some((peer, ack)) = tee_ack {
         match ack.await {
-            Ok(Ok((n, state))) if n == len && state == after => nodes.push(peer),
+            Ok(Ok((n, copied))) if n == len && copied == crc => nodes.push(peer),
             Ok(Ok(_)) => tracing::warn!(peer, "replica's copy of a chunk disagrees; trying another"),
             Ok(Err(e)) => tracing::warn!(peer, error = %e, "replica failed a chunk; trying another"),
             Err(e) => tracing::warn!(peer, error = %e, "replica task failed"),
@@ -82,7 +80,7 @@ pub async fn write_chunk(
             .copy_chunk_from_file(url, id, header.clone(), path.clone(), len)
             .await;
         match copied {
-            Ok((n, state)) if n == len && state == after => nodes.push(*peer),
+            Ok((n, copied)) if n == len && copied == crc => nodes.push(*peer),
             Ok(_) => tracing::warn!(peer, "replica's copy of a chunk disagrees"),
             Err(e) => tracing::warn!(peer, error = %e, "replica failed a chunk"),
         }
@@ -126,10 +124,10 @@ pub async fn put_blob(
     };
     let tmp = ctx.store.temp_path();
     let (store, path, check) = (ctx.store.clone(), tmp.clone(), digest.clone());
-    let hashes = Hashes {
-        content: ResumableHasher::new(check.algorithm()),
-        leaves: ctx.cid_links.map(LeafHasher::new),
-    };
+    let hashes = Hashes::new(
+        ResumableHasher::new(check.algorithm()),
+        ctx.cid_links.map(LeafHasher::new),
+    );
     let stored = blocking(move || {
         let (hashes, size) = writer::write(
             path.clone(),

@@ -147,7 +147,7 @@ impl UploadSession {
             Some(progress) => Some(LeafHasher::resume(progress, record.size).map_err(internal)?),
             None => None,
         };
-        Ok(Hashes { content, leaves })
+        Ok(Hashes::new(content, leaves))
     }
 
     /// Re-read the replicated record; reload the hasher if another node moved the session on.

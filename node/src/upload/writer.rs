@@ -93,14 +93,42 @@ pub struct Hashes {
     pub content: ResumableHasher,
     /// The CID's leaves, when an IPFS backend is configured.
     pub leaves: Option<LeafHasher>,
+    /// CRC-32 of the bytes of the last [`write`]: what a replica's copy of a chunk is checked
+    /// against.
+    pub crc: u32,
+    /// Whether `content` is fed (a replica's copy of a chunk only needs the CRC).
+    hash_content: bool,
 }
 
 impl From<ResumableHasher> for Hashes {
-    /// The content hash alone (copies between nodes, repairs, caching: no CID to compute).
+    /// The content hash alone (repairs, caching, fills: no CID to compute).
     fn from(content: ResumableHasher) -> Self {
         Hashes {
             content,
             leaves: None,
+            crc: 0,
+            hash_content: true,
+        }
+    }
+}
+
+impl Hashes {
+    /// The content hash and, with `leaves`, the CID's leaves.
+    pub fn new(content: ResumableHasher, leaves: Option<LeafHasher>) -> Hashes {
+        Hashes {
+            leaves,
+            ..Hashes::from(content)
+        }
+    }
+
+    /// The CRC-32 alone: a replica's copy of a chunk the primary hashed. The primary computes
+    /// the same CRC over the same bytes; equal CRCs make the primary's SHA-256 midstate valid
+    /// for the replica's bytes, without a second SHA-256 over them (the design's "never
+    /// re-hash what was already hashed").
+    pub fn crc_only() -> Hashes {
+        Hashes {
+            hash_content: false,
+            ..Hashes::from(ResumableHasher::new(ipcr_proto::Algorithm::Sha256))
         }
     }
 }
@@ -153,7 +181,10 @@ pub fn write(
     let Hashes {
         content: mut hasher,
         leaves,
+        hash_content,
+        ..
     } = hashes;
+    let mut crc = crc32fast::Hasher::new();
     let mut file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -180,7 +211,10 @@ pub fn write(
             if let Some(t) = &leaf_thread {
                 t.feed(&chunk);
             }
-            hasher.update(&chunk);
+            if hash_content {
+                hasher.update(&chunk);
+            }
+            crc.update(&chunk);
             out.write_all(&chunk)?;
             // A replica that stopped reading is replaced afterwards, from this file.
             if tee
@@ -210,6 +244,8 @@ pub fn write(
             Hashes {
                 content: hasher,
                 leaves,
+                crc: crc.finalize(),
+                hash_content,
             },
             written,
         )),
