@@ -370,7 +370,14 @@ fn pushes_go_on_while_the_backend_is_down_and_the_backlog_drains() {
 #[test]
 fn wrong_answers_and_corrupted_bytes_from_the_backend_are_never_accepted() {
     let emu = Emulator::start();
-    let env = estuary_env(&emu, false);
+    // A separate gateway in front (as Estuary's API node was), which will serve bad bytes; the
+    // shuttle's own gateway is the second source.
+    let gw = Emulator::start();
+    let mut env = estuary_env(&emu, false);
+    env.push((
+        "REGISTRY_STORAGE_ESTUARY_GATEWAY".into(),
+        format!("{}/gw/ipfs", gw.url()),
+    ));
     let cluster = Cluster::start(1, &borrowed(&env));
     let reg = Registry::new(&cluster.nodes[0].base_url());
     // A backend that answers another CID: recorded as a failure, never as pinned.
@@ -390,32 +397,80 @@ fn wrong_answers_and_corrupted_bytes_from_the_backend_are_never_accepted() {
     }
     emu.set_mode("ok");
     wait_pinned(&cluster, n, Duration::from_secs(120));
-    // Corrupted bytes from the gateway: the pull fails cleanly, nothing wrong is kept.
     let (layer, bytes) = pushed.blobs[1].clone();
-    wipe(&cluster, &layer);
-    emu.set_mode("corrupt");
-    let resp = Client::new()
-        .get(format!(
-            "{}/v2/bad/cid/blobs/{layer}",
-            cluster.nodes[0].base_url()
-        ))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 503, "corrupted bytes must not be served");
-    assert!(resp.headers().contains_key("retry-after"));
-    let hex = layer.strip_prefix("sha256:").unwrap();
+    let hex = layer.strip_prefix("sha256:").unwrap().to_string();
     let local = cluster.nodes[0]
         .data_dir()
         .join("blobs/sha256")
         .join(&hex[..2])
-        .join(hex);
+        .join(&hex);
+    let pull = || {
+        Client::new()
+            .get(format!(
+                "{}/v2/bad/cid/blobs/{layer}",
+                cluster.nodes[0].base_url()
+            ))
+            .send()
+            .unwrap()
+    };
+    // The first source serves corrupted bytes: refused, and the next source serves the blob.
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _) = estuary_add(&gw, Some(&bearer), "copy", bytes.to_vec());
+    assert_eq!(status, 200);
+    gw.set_mode("corrupt");
+    wipe(&cluster, &layer);
+    let resp = pull();
+    assert_eq!(resp.status().as_u16(), 200, "the second source must be used");
+    assert_eq!(&resp.bytes().unwrap()[..], &bytes[..]);
+    assert!(
+        gw.stats()["reads"].as_u64().unwrap() >= 1,
+        "the corrupt source was not tried first"
+    );
+    // Every source corrupted: the pull fails cleanly, nothing wrong is kept.
+    wipe(&cluster, &layer);
+    emu.set_mode("corrupt");
+    let resp = pull();
+    assert_eq!(resp.status().as_u16(), 503, "corrupted bytes must not be served");
+    assert!(resp.headers().contains_key("retry-after"));
     assert!(!local.exists(), "corrupted bytes were stored");
-    // Once the source serves the right bytes, the same pull works.
+    // Once a source serves the right bytes, the same pull works.
     emu.set_mode("ok");
     let got = reg
         .get_blob("bad/cid", &layer)
         .expect("pull after the backend recovered");
     assert_eq!(got.bytes, bytes.to_vec());
+}
+
+#[test]
+fn a_hanging_backend_is_given_up_on_and_retried() {
+    let emu = Emulator::start();
+    let env = estuary_env(&emu, false);
+    let cluster = Cluster::start(1, &borrowed(&env));
+    let reg = Registry::new(&cluster.nodes[0].base_url());
+    emu.set_mode("hang");
+    // Pushes do not wait for the backend.
+    let started = Instant::now();
+    let pushed = push(&reg, "hang/app", 500);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a push waited for the backend"
+    );
+    // The upload is abandoned after the stall timeout (30 s) and recorded as failed.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = ipfs_status(&cluster);
+        if s.failed > 0 {
+            assert!(s.failures[0].reason.contains("estuary add"), "{s:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a hanging backend was never given up on: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    emu.set_mode("ok");
+    wait_pinned(&cluster, pushed.blobs.len() as u64, Duration::from_secs(180));
 }
 
 #[test]

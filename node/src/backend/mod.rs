@@ -24,8 +24,13 @@ use tokio::sync::mpsc;
 
 use crate::config::StorageConfig;
 
-/// How long one add or fetch of blob bytes may take.
+/// How long one fetch of blob bytes may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A backend silent this long on a connection is taken as hung.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest upload a backend is given time for, in bytes per second (beyond
+/// [`STALL_TIMEOUT`]): a backend that takes a 1 GiB blob slower than this has failed.
+const MIN_UPLOAD_RATE: u64 = 1 << 20;
 /// How long a metadata call or a probe may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Chunks buffered from a fetch.
@@ -62,6 +67,23 @@ enum Kind {
     },
     /// `storage.ipfs`: a Kubo node's RPC API.
     Kubo { api: String },
+}
+
+/// A place the backend serves a CID's content from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A gateway URL.
+    Get(String),
+    /// An RPC call (Kubo's `cat`).
+    Post(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Get(url) | Source::Post(url) => f.write_str(url),
+        }
+    }
 }
 
 /// A configured backend. Cheap to clone.
@@ -127,6 +149,7 @@ impl Backend {
     pub fn from_config(storage: &StorageConfig, runtime: Handle) -> Option<Backend> {
         let client = reqwest::Client::builder()
             .connect_timeout(CALL_TIMEOUT)
+            .read_timeout(STALL_TIMEOUT)
             .build()
             .expect("an HTTP client with default TLS-less settings");
         if let Some(e) = &storage.estuary {
@@ -197,6 +220,9 @@ impl Backend {
         expected: String,
     ) -> Result<(), BackendError> {
         let this = self.clone();
+        // A backend that stops reading the body never trips the read timeout: bound the whole
+        // upload by its size.
+        let limit = STALL_TIMEOUT + Duration::from_secs(size / MIN_UPLOAD_RATE);
         self.on_runtime(async move {
             let file = tokio::fs::File::open(&path)
                 .await
@@ -214,7 +240,7 @@ impl Backend {
                         .post(format!("{shuttle}/content/add"))
                         .bearer_auth(token)
                         .multipart(form)
-                        .timeout(TRANSFER_TIMEOUT)
+                        .timeout(limit)
                         .send()
                         .await
                         .map_err(|e| failed("estuary add", e))?;
@@ -236,7 +262,7 @@ impl Backend {
                         .client
                         .post(url)
                         .multipart(form)
-                        .timeout(TRANSFER_TIMEOUT)
+                        .timeout(limit)
                         .send()
                         .await
                         .map_err(|e| failed("ipfs add", e))?;
@@ -257,15 +283,31 @@ impl Backend {
         .await
     }
 
-    /// Stream the whole content of `cid` (gateway for Estuary, `cat` for Kubo). The bytes are
-    /// not verified here: the caller checks them against the blob's digest.
-    pub fn fetch(&self, cid: &str) -> mpsc::Receiver<Result<Bytes, String>> {
-        let (tx, rx) = mpsc::channel(FETCH_CHANNEL);
-        let request = match &self.kind {
-            Kind::Estuary { .. } => self.client.get(self.gateway_url(cid).unwrap_or_default()),
-            Kind::Kubo { api } => self.client.post(format!("{api}/api/v0/cat?arg={cid}")),
+    /// Where the content of `cid` can be read, in order of preference: for Estuary the
+    /// configured gateway, then the shuttle's own gateway; for Kubo `cat`, then the gateway.
+    pub fn sources(&self, cid: &str) -> Vec<Source> {
+        let gateway = self.gateway_url(cid).map(Source::Get);
+        let mut out: Vec<Source> = match &self.kind {
+            Kind::Estuary { shuttle, .. } => {
+                let own = Source::Get(format!("{shuttle}/gw/ipfs/{cid}"));
+                gateway.into_iter().chain([own]).collect()
+            }
+            Kind::Kubo { api } => std::iter::once(Source::Post(format!("{api}/api/v0/cat?arg={cid}")))
+                .chain(gateway)
+                .collect(),
         };
-        let what = format!("{} {cid}", self.name());
+        out.dedup();
+        out
+    }
+
+    /// Stream the whole content at `source`. The bytes are not verified here: the caller
+    /// checks them against the blob's digest.
+    pub fn fetch(&self, source: &Source) -> mpsc::Receiver<Result<Bytes, String>> {
+        let (tx, rx) = mpsc::channel(FETCH_CHANNEL);
+        let (request, what) = match source {
+            Source::Get(url) => (self.client.get(url), url.clone()),
+            Source::Post(url) => (self.client.post(url), url.clone()),
+        };
         self.runtime.spawn(async move {
             let resp = match request.timeout(TRANSFER_TIMEOUT).send().await {
                 Ok(r) if r.status().is_success() => r,

@@ -335,14 +335,28 @@ impl Registry {
         {
             return Ok(Served::Redirect(url));
         }
-        let fetched = backend.fetch(&ipfs.cid);
-        let source = format!("{} {}", backend.name(), ipfs.cid);
-        if let Err(e) =
-            crate::cluster::repair::store_verified(&self.store, digest, record.size, fetched, &source).await
-        {
-            tracing::warn!(%digest, error = %e, "could not restore a blob from the backend");
+        // Each of the backend's sources in turn, until one serves bytes matching the digest.
+        let mut last_error = String::from("the backend has no source for it");
+        let mut restored = false;
+        for source in backend.sources(&ipfs.cid) {
+            let fetched = backend.fetch(&source);
+            let from = source.to_string();
+            match crate::cluster::repair::store_verified(&self.store, digest, record.size, fetched, &from)
+                .await
+            {
+                Ok(()) => {
+                    restored = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, source = %from, error = %e, "could not restore a blob from this source");
+                    last_error = e;
+                }
+            }
+        }
+        if !restored {
             return Err(unavailable(format!(
-                "no holder of {digest} answered ({peer_error}); the backend: {e}"
+                "no holder of {digest} answered ({peer_error}); the backend: {last_error}"
             )));
         }
         tracing::info!(%digest, cid = %ipfs.cid, "restored a blob from the backend");
