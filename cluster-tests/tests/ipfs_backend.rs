@@ -535,4 +535,59 @@ fn the_kubo_backend_adds_with_the_node_settings_and_reads_through_cat() {
     wipe(&cluster, &digest);
     let got = reg.get_blob("kubo/app", &digest).expect("pull through cat");
     assert_eq!(got.bytes, layer);
+    // Unlinked everywhere: `pin/rm` on the Kubo node.
+    let resp = Client::new()
+        .delete(format!("{}/v2/kubo/app/blobs/{digest}", cluster.nodes[0].base_url()))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.stats()["contents"].as_u64().unwrap() > 0 {
+        assert!(Instant::now() < deadline, "never unpinned from the Kubo node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_blob_no_repository_links_is_unpinned_and_pinned_again_when_pushed_again() {
+    let emu = Emulator::start();
+    let env = estuary_env(&emu, false);
+    let cluster = Cluster::start(1, &borrowed(&env));
+    let base = cluster.nodes[0].base_url();
+    let reg = Registry::new(&base);
+    let layer = pattern(2_000_000);
+    let digest = reg.push_blob_chunked("gone/a", &layer, &[]).expect("push to a");
+    reg.push_blob_chunked("gone/b", &layer, &[1_000_000])
+        .expect("push to b");
+    wait_pinned(&cluster, 1, Duration::from_secs(60));
+    let pins = || {
+        estuary_get(&emu, &format!("/pinning/pins?name={digest}"))["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(pins(), 1, "pinned once, whatever the number of repositories");
+    let delete = |repo: &str| {
+        let resp = Client::new()
+            .delete(format!("{base}/v2/{repo}/blobs/{digest}"))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "DELETE from {repo}");
+    };
+    // Still linked from gone/b: stays pinned.
+    delete("gone/a");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pins(), 1, "unpinned while another repository links it");
+    // Linked nowhere: unpinned.
+    delete("gone/b");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pins() != 0 {
+        assert!(Instant::now() < deadline, "never unpinned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = ipfs_status(&cluster);
+    assert_eq!((s.pinned, s.pending, s.failed), (0, 0, 0), "{s:?}");
+    // Pushed again: pinned again.
+    reg.push_blob_chunked("gone/c", &layer, &[]).expect("push to c");
+    wait_pinned(&cluster, 1, Duration::from_secs(60));
+    assert_eq!(pins(), 1);
 }

@@ -72,6 +72,10 @@ pub enum PinState {
         /// Attempts so far.
         attempts: u32,
     },
+    /// No repository links the blob any more: the backend is to drop its pin.
+    Unpinning,
+    /// The backend dropped its pin (pinned again if the blob is pushed again).
+    Unpinned,
 }
 
 /// One chunk of an upload session, as acknowledged to the client.
@@ -221,8 +225,9 @@ pub enum Command {
         /// Cut-off, ms since the epoch.
         before_ms: u64,
     },
-    /// Record the IPFS backend's answer for a blob whose CID is `cid` (ignored when the
-    /// blob's recorded CID differs: the answer is about other bytes).
+    /// Record the IPFS backend's answer for a blob whose CID is `cid` (refused when the
+    /// blob's recorded CID differs: the answer is about other bytes). An answer that arrives
+    /// after the blob was unlinked everywhere (or linked again) is refused as stale.
     SetPin {
         /// The blob.
         digest: Digest,

@@ -3,7 +3,8 @@
 //!
 //! It follows Estuary's own handlers: `POST /content/add` (bearer auth, multipart field
 //! `data`, the filename as the content's name) answering `{cid, retrieval_url, estuaryId,
-//! providers}`; `GET /pinning/pins`; `GET /content/by-cid/<cid>`; `GET /viewer`; the gateway
+//! providers}`; `GET /pinning/pins`; `DELETE /pinning/pins/<requestid>`;
+//! `GET /content/by-cid/<cid>`; `GET /viewer`; the gateway
 //! `GET /gw/ipfs/<cid>` with ranges; errors as `{"error":{"code","reason","details"}}` with
 //! Estuary's reasons. Kubo's side: `POST /api/v0/add`, `cat`, `pin/ls`, `pin/rm`, `version`.
 //! CIDs are computed like the real importers (CIDv1, raw leaves, 1 MiB chunks, balanced
@@ -325,6 +326,28 @@ async fn pinning_pins(state: web::Data<State>, req: HttpRequest, q: web::Query<P
     HttpResponse::Ok().json(json!({"count": matching.len(), "results": results}))
 }
 
+/// `DELETE /pinning/pins/<requestid>`: drop one pin (the bytes go with the last pin of them).
+async fn pinning_delete(state: web::Data<State>, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
+    if let Some(r) = fault(&state).await {
+        return r;
+    }
+    if let Err(r) = check_auth(&state, &req) {
+        return r.response();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return estuary_error(400, "ERR_INVALID_INPUT", "invalid request id");
+    };
+    let removed = state.contents.lock().unwrap().remove(&id);
+    let Some(content) = removed else {
+        return estuary_error(404, "ERR_RECORD_NOT_FOUND", "no pin with that request id");
+    };
+    let _ = std::fs::remove_file(state.dir.join("meta").join(id.to_string()));
+    if state.size_of(&content.cid).is_none() {
+        let _ = std::fs::remove_file(state.bytes_path(&content.cid));
+    }
+    HttpResponse::Accepted().finish()
+}
+
 async fn content_by_cid(state: web::Data<State>, req: HttpRequest, cid: web::Path<String>) -> HttpResponse {
     if let Some(r) = fault(&state).await {
         return r;
@@ -622,6 +645,7 @@ async fn main() -> std::io::Result<()> {
             .app_data(state.clone())
             .route("/content/add", web::post().to(content_add))
             .route("/pinning/pins", web::get().to(pinning_pins))
+            .route("/pinning/pins/{id}", web::delete().to(pinning_delete))
             .route("/content/by-cid/{cid}", web::get().to(content_by_cid))
             .route("/viewer", web::get().to(viewer))
             .route("/gw/ipfs/{path:.*}", web::get().to(gateway))

@@ -130,6 +130,17 @@ struct PinList {
     count: u64,
 }
 
+/// `GET /pinning/pins`, the request ids.
+#[derive(Deserialize)]
+struct PinIds {
+    results: Vec<PinId>,
+}
+
+#[derive(Deserialize)]
+struct PinId {
+    requestid: String,
+}
+
 fn trim(url: &str) -> String {
     url.trim_end_matches('/').to_string()
 }
@@ -362,6 +373,61 @@ impl Backend {
                         .await
                         .map_err(|e| failed("ipfs pin/ls", e))?;
                     Ok(resp.status().is_success())
+                }
+            }
+        })
+        .await
+    }
+
+    /// Drop the backend's pin of `cid` (every pin of it, on Estuary). Nothing pinned is fine.
+    pub async fn unpin(&self, cid: &str) -> Result<(), BackendError> {
+        let this = self.clone();
+        let cid = cid.to_string();
+        self.on_runtime(async move {
+            match &this.kind {
+                Kind::Estuary { api, token, .. } => {
+                    let resp = this
+                        .client
+                        .get(format!("{api}/pinning/pins?cid={cid}&limit=1000"))
+                        .bearer_auth(token)
+                        .timeout(CALL_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("estuary pins", e))?;
+                    if !resp.status().is_success() {
+                        return Err(failed("estuary pins", describe(resp).await));
+                    }
+                    let list: PinIds = resp.json().await.map_err(|e| failed("estuary pins answer", e))?;
+                    for pin in list.results {
+                        let resp = this
+                            .client
+                            .delete(format!("{api}/pinning/pins/{}", pin.requestid))
+                            .bearer_auth(token)
+                            .timeout(CALL_TIMEOUT)
+                            .send()
+                            .await
+                            .map_err(|e| failed("estuary unpin", e))?;
+                        if !resp.status().is_success() && resp.status() != reqwest::StatusCode::NOT_FOUND {
+                            return Err(failed("estuary unpin", describe(resp).await));
+                        }
+                    }
+                    Ok(())
+                }
+                Kind::Kubo { api } => {
+                    let resp = this
+                        .client
+                        .post(format!("{api}/api/v0/pin/rm?arg={cid}"))
+                        .timeout(CALL_TIMEOUT)
+                        .send()
+                        .await
+                        .map_err(|e| failed("ipfs pin/rm", e))?;
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() || text.contains("not pinned") {
+                        Ok(())
+                    } else {
+                        Err(failed("ipfs pin/rm", format!("HTTP {status} {text}")))
+                    }
                 }
             }
         })

@@ -5,7 +5,8 @@
 //! else a holder over the cluster port. The outcome is recorded in the replicated blob index
 //! (`SetPin`): pinned, or failed with the reason and the number of attempts. Failures are
 //! retried with exponential backoff; a new leader picks up whatever the old one left pending,
-//! and a dead holder is simply skipped for the next one.
+//! and a dead holder is simply skipped for the next one. A blob that no repository links any
+//! more is unpinned from the backend the same way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -133,6 +134,9 @@ impl Pinner {
         let Some(ipfs) = record.ipfs.clone() else {
             return false;
         };
+        if ipfs.state == PinState::Unpinning {
+            return self.unpin(digest, ipfs.cid).await;
+        }
         let attempts = match &ipfs.state {
             PinState::Failed { attempts, .. } => *attempts,
             _ => 0,
@@ -166,6 +170,33 @@ impl Pinner {
             tracing::debug!(%digest, error = %e, "could not record a pin outcome");
         }
         outcome.is_ok()
+    }
+
+    /// Have the backend drop the pin of a blob no repository links; answers whether it did.
+    /// A failure is only retried (the blob stays `Unpinning`).
+    async fn unpin(&self, digest: Digest, cid: String) -> bool {
+        match self.backend.unpin(&cid).await {
+            Ok(()) => {
+                tracing::info!(%digest, %cid, backend = self.backend.name(), "blob unpinned");
+                let cmd = Command::SetPin {
+                    digest: digest.clone(),
+                    cid,
+                    state: PinState::Unpinned,
+                };
+                if let Err(e) = self.node.propose(cmd).await {
+                    tracing::debug!(%digest, error = %e, "could not record an unpin");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "unpinning failed; retrying later");
+                self.not_before
+                    .lock()
+                    .expect("pinner lock")
+                    .insert(digest, Instant::now() + MAX_BACKOFF / 4);
+                false
+            }
+        }
     }
 }
 

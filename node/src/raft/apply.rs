@@ -15,8 +15,8 @@ use ipcr_proto::{
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table, UNPINNED, UPLOADS,
-    key, prefix_range,
+    BLOB_LINKS, BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table,
+    UNPINNED, UPLOADS, key, prefix_range,
 };
 use super::{decode, encode};
 
@@ -60,6 +60,58 @@ impl Tx<'_> {
         self.put(REPOS, repo.as_str(), &[])
     }
 
+    /// Link a committed blob into `repo`. The first link of a blob the backend dropped (or
+    /// was about to drop) has it pinned again.
+    fn link(&self, repo: &RepoName, digest: &Digest) -> io::Result<()> {
+        let d = digest.to_string();
+        if self.has(REPO_BLOBS, &key(&[repo.as_str(), &d]))? {
+            return Ok(());
+        }
+        self.put(REPO_BLOBS, &key(&[repo.as_str(), &d]), &[])?;
+        let links = self.links(&d)? + 1;
+        self.put(BLOB_LINKS, &d, &links.to_le_bytes())?;
+        if links == 1
+            && let Some(mut record) = self.record::<BlobRecord>(BLOBS, &d)?
+            && let Some(ipfs) = record.ipfs.as_mut()
+            && matches!(ipfs.state, PinState::Unpinning | PinState::Unpinned)
+        {
+            ipfs.state = PinState::Pending;
+            self.put_record(BLOBS, &d, &record)?;
+            self.put(UNPINNED, &d, &[])?;
+        }
+        self.touch_repo(repo)
+    }
+
+    /// Unlink a blob from `repo`; answers whether it was linked. A blob no repository links
+    /// any more is dropped from the IPFS backend.
+    fn unlink(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+        let d = digest.to_string();
+        if !self.del(REPO_BLOBS, &key(&[repo.as_str(), &d]))? {
+            return Ok(false);
+        }
+        let links = self.links(&d)?.saturating_sub(1);
+        self.put(BLOB_LINKS, &d, &links.to_le_bytes())?;
+        if links == 0
+            && let Some(mut record) = self.record::<BlobRecord>(BLOBS, &d)?
+            && let Some(ipfs) = record.ipfs.as_mut()
+            && ipfs.state != PinState::Unpinned
+        {
+            ipfs.state = PinState::Unpinning;
+            self.put_record(BLOBS, &d, &record)?;
+            self.put(UNPINNED, &d, &[])?;
+        }
+        Ok(true)
+    }
+
+    /// How many repositories link the blob.
+    fn links(&self, digest: &str) -> io::Result<u64> {
+        Ok(self
+            .get(BLOB_LINKS, digest)?
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0))
+    }
+
     /// Whether `digest` is linked into `repo` as a blob.
     fn has_blob(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
         self.has(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]))
@@ -101,8 +153,7 @@ impl Tx<'_> {
         }
         record.nodes.sort_unstable();
         self.put_record(BLOBS, &d, &record)?;
-        self.put(REPO_BLOBS, &key(&[repo.as_str(), &d]), &[])?;
-        self.touch_repo(repo)
+        self.link(repo, digest)
     }
 }
 
@@ -172,11 +223,10 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             if !t.has(BLOBS, &digest.to_string())? {
                 return rejected(Reject::BlobUnknown);
             }
-            t.put(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]), &[])?;
-            t.touch_repo(repo)?;
+            t.link(repo, digest)?;
         }
         Command::UnlinkBlob { repo, digest } => {
-            if !t.del(REPO_BLOBS, &key(&[repo.as_str(), &digest.to_string()]))? {
+            if !t.unlink(repo, digest)? {
                 return rejected(Reject::BlobUnknown);
             }
         }
@@ -301,12 +351,21 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             let Some(mut record) = t.record::<BlobRecord>(BLOBS, &d)? else {
                 return rejected(Reject::BlobUnknown);
             };
+            // An outcome must be about the same bytes and the same intent: a pin's outcome is
+            // stale once the blob is being unpinned, an unpin's once it is pinned again.
+            let unpinning = matches!(state, PinState::Unpinned);
             match record.ipfs.as_mut() {
-                Some(ipfs) if &ipfs.cid == cid => ipfs.state = state.clone(),
+                Some(ipfs)
+                    if &ipfs.cid == cid
+                        && unpinning == (ipfs.state == PinState::Unpinning)
+                        && ipfs.state != PinState::Unpinned =>
+                {
+                    ipfs.state = state.clone()
+                }
                 _ => return rejected(Reject::BlobUnknown),
             }
             t.put_record(BLOBS, &d, &record)?;
-            if *state == PinState::Pinned {
+            if matches!(state, PinState::Pinned | PinState::Unpinned) {
                 t.del(UNPINNED, &d)?;
             } else {
                 t.put(UNPINNED, &d, &[])?;

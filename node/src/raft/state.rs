@@ -43,11 +43,13 @@ pub(crate) const REFERRERS: Table = TableDefinition::new("referrers");
 pub(crate) const UPLOADS: Table = TableDefinition::new("uploads");
 /// Recently finished sessions, so a retried close gets the same answer: `id` → (digest, ms).
 pub(crate) const FINISHED: Table = TableDefinition::new("finished_uploads");
-/// Blobs the IPFS backend has not confirmed yet (pending or failed): `digest` → empty.
+/// Blobs the IPFS backend has work to do for (pending, failed, unpinning): `digest` → empty.
 pub(crate) const UNPINNED: Table = TableDefinition::new("unpinned_blobs");
+/// How many repositories link each blob: `digest` → u64 little-endian.
+pub(crate) const BLOB_LINKS: Table = TableDefinition::new("blob_links");
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 10] = [
+pub(crate) const DATA_TABLES: [Table; 11] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -58,6 +60,7 @@ pub(crate) const DATA_TABLES: [Table; 10] = [
     UPLOADS,
     FINISHED,
     UNPINNED,
+    BLOB_LINKS,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
@@ -344,9 +347,13 @@ impl StateReader {
                     ..
                 }) => ipfs.pinned += 1,
                 Some(IpfsRecord {
-                    state: PinState::Pending,
+                    state: PinState::Pending | PinState::Unpinning,
                     ..
                 }) => ipfs.pending += 1,
+                Some(IpfsRecord {
+                    state: PinState::Unpinned,
+                    ..
+                }) => {}
                 Some(IpfsRecord {
                     cid,
                     state: PinState::Failed { reason, attempts },
