@@ -75,6 +75,60 @@ impl<'scope> Flusher<'scope> {
     }
 }
 
+/// Frames sent to a replica gather at least this many bytes.
+const TEE_FRAME: usize = 1 << 20;
+
+/// A replica's copy of a body, gathered into frames of [`TEE_FRAME`] bytes: a request body
+/// arrives in pieces of a few KiB, and a few large frames cost the replica's connection, and
+/// the replica, far less than tens of thousands of small ones.
+struct Tee {
+    tx: Option<mpsc::Sender<Bytes>>,
+    pending: bytes::BytesMut,
+}
+
+impl Tee {
+    fn new(tx: Option<mpsc::Sender<Bytes>>) -> Tee {
+        Tee {
+            tx,
+            pending: bytes::BytesMut::new(),
+        }
+    }
+
+    fn push(&mut self, chunk: &Bytes) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.pending.is_empty() && chunk.len() >= TEE_FRAME {
+            self.send(chunk.clone());
+            return;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(TEE_FRAME + chunk.len());
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= TEE_FRAME {
+            let frame = self.pending.split().freeze();
+            self.send(frame);
+        }
+    }
+
+    /// A replica that stopped reading is dropped here and replaced afterwards, from the file.
+    fn send(&mut self, frame: Bytes) {
+        if self.tx.as_ref().is_some_and(|t| t.blocking_send(frame).is_err()) {
+            self.tx = None;
+        }
+    }
+
+    /// Send what is left and end the replica's stream.
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let frame = self.pending.split().freeze();
+            self.send(frame);
+        }
+        self.tx = None;
+    }
+}
+
 /// How a write treats what the file holds past the write's start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -199,6 +253,7 @@ pub fn write(
     let result = std::thread::scope(|scope| {
         let flusher = Flusher::start(scope, &file)?;
         let leaf_thread = leaves.map(|l| LeafThread::start(scope, l));
+        let mut replica = Tee::new(tee.take());
         let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &file);
         while let Some(chunk) = body.blocking_recv() {
             let chunk = chunk.map_err(UploadError::Aborted)?;
@@ -216,15 +271,12 @@ pub fn write(
             }
             crc.update(&chunk);
             out.write_all(&chunk)?;
-            // A replica that stopped reading is replaced afterwards, from this file.
-            if tee
-                .as_ref()
-                .is_some_and(|t| t.blocking_send(chunk.clone()).is_err())
-            {
-                tee = None;
-            }
+            replica.push(&chunk);
             flusher.wrote(written);
         }
+        // The replica's stream ends now, so that it writes its tail and fsyncs while this node
+        // does the same.
+        replica.finish();
         out.flush()?;
         drop(out);
         flusher.finish();
