@@ -155,13 +155,27 @@ pub struct Balancer {
 impl Balancer {
     /// Start haproxy in front of `backends` (`host:port` each) and wait until it answers.
     pub fn start(backends: &[String]) -> Balancer {
+        Self::launch(backends, false)
+    }
+
+    /// Write the configuration (round robin, health checks on `/ready`; the admin socket
+    /// `admin.sock` when `admin`), start haproxy and wait until it answers.
+    fn launch(backends: &[String], admin: bool) -> Balancer {
         let dir = tempfile::Builder::new()
             .prefix("ipcr-haproxy-")
             .tempdir()
             .expect("tempdir");
         let port = free_port();
+        let stats = if admin {
+            format!(
+                "  stats socket {} level admin\n",
+                dir.path().join("admin.sock").display()
+            )
+        } else {
+            String::new()
+        };
         let mut config = format!(
-            "global\n  maxconn 2000\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n"
+            "global\n  maxconn 2000\n{stats}\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n"
         );
         for (i, b) in backends.iter().enumerate() {
             config.push_str(&format!("  server n{i} {b} check\n"));
@@ -238,37 +252,7 @@ impl Balancer {
     /// test can drain a server before stopping its node ([`Balancer::set_state`]) and watch its
     /// sessions ([`Balancer::server_stat`]).
     pub fn start_with_admin(backends: &[String]) -> Balancer {
-        let dir = tempfile::Builder::new()
-            .prefix("ipcr-haproxy-")
-            .tempdir()
-            .expect("tempdir");
-        let port = free_port();
-        let socket = dir.path().join("admin.sock");
-        let mut config = format!(
-            "global\n  maxconn 2000\n  stats socket {} level admin\n\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n",
-            socket.display()
-        );
-        for (i, b) in backends.iter().enumerate() {
-            config.push_str(&format!("  server n{i} {b} check\n"));
-        }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).expect("writing haproxy.cfg");
-        let child = Command::new("haproxy")
-            .arg("-f")
-            .arg(&path)
-            .arg("-db")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting haproxy (apt-get install haproxy)");
-        let b = Balancer {
-            port,
-            child: Some(child),
-            _dir: dir,
-            config: path,
-        };
-        b.wait_answering();
-        b
+        Self::launch(backends, true)
     }
 
     /// Send one command to the admin socket (only after [`Balancer::start_with_admin`]) and

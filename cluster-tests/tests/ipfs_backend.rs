@@ -537,7 +537,10 @@ fn the_kubo_backend_adds_with_the_node_settings_and_reads_through_cat() {
     assert_eq!(got.bytes, layer);
     // Unlinked everywhere: `pin/rm` on the Kubo node.
     let resp = Client::new()
-        .delete(format!("{}/v2/kubo/app/blobs/{digest}", cluster.nodes[0].base_url()))
+        .delete(format!(
+            "{}/v2/kubo/app/blobs/{digest}",
+            cluster.nodes[0].base_url()
+        ))
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 202);
