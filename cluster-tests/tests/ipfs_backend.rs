@@ -175,8 +175,12 @@ fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
 }
 
 fn ipfs_status(cluster: &Cluster) -> IpfsStatus {
+    ipfs_status_at(cluster, 0)
+}
+
+fn ipfs_status_at(cluster: &Cluster, i: usize) -> IpfsStatus {
     cluster
-        .status(0)
+        .status(i)
         .expect("status")
         .ipfs
         .expect("the status shows the backend")
@@ -184,9 +188,14 @@ fn ipfs_status(cluster: &Cluster) -> IpfsStatus {
 
 /// Wait until the status shows `n` blobs pinned and none pending or failed.
 fn wait_pinned(cluster: &Cluster, n: u64, timeout: Duration) -> IpfsStatus {
+    wait_pinned_at(cluster, 0, n, timeout)
+}
+
+/// [`wait_pinned`], asking node `i`.
+fn wait_pinned_at(cluster: &Cluster, i: usize, n: u64, timeout: Duration) -> IpfsStatus {
     let deadline = Instant::now() + timeout;
     loop {
-        let s = ipfs_status(cluster);
+        let s = ipfs_status_at(cluster, i);
         if s.pinned >= n && s.pending == 0 && s.failed == 0 {
             return s;
         }
@@ -249,6 +258,22 @@ fn pull_of_a_wiped_blob(redirect: bool) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    if !redirect {
+        // A range first: only the leaves it touches are read from IPFS, each checked, and
+        // nothing is kept.
+        let (a, b) = (1_048_000usize, 1_050_000usize);
+        let part = Client::new()
+            .get(&url)
+            .header("Range", format!("bytes={a}-{}", b - 1))
+            .send()
+            .unwrap();
+        assert_eq!(part.status().as_u16(), 206, "a range of a wiped blob");
+        assert_eq!(
+            &part.bytes().unwrap()[..],
+            &bytes[a..b],
+            "range across two leaves"
+        );
+    }
     let resp = no_follow.get(&url).send().unwrap();
     if redirect {
         assert_eq!(
@@ -309,7 +334,7 @@ fn a_blob_no_node_holds_is_redirected_to_the_gateway() {
 }
 
 #[test]
-fn pushes_go_on_while_the_backend_is_down_and_the_backlog_drains() {
+fn pushes_go_on_while_the_backend_is_down_and_a_dead_leaders_backlog_drains() {
     let mut emu = Emulator::start();
     let env = estuary_env(&emu, false);
     let mut cluster = Cluster::start(3, &borrowed(&env));
@@ -343,8 +368,13 @@ fn pushes_go_on_while_the_backend_is_down_and_the_backlog_drains() {
     let s = ipfs_status(&cluster);
     assert_eq!(s.pinned, 0, "{s:?}");
     assert_eq!(s.pending + s.failed, blobs.len() as u64, "{s:?}");
+    // The leader, which drives the uploads, dies with the backlog pending: the new leader and
+    // the surviving holders finish it.
+    let leader = cluster.wait_leader();
+    cluster.nodes[leader].kill9();
+    let alive = (leader + 1) % hosts.len();
     emu.restart();
-    let s = wait_pinned(&cluster, blobs.len() as u64, Duration::from_secs(120));
+    let s = wait_pinned_at(&cluster, alive, blobs.len() as u64, Duration::from_secs(120));
     assert_eq!(s.pinned, blobs.len() as u64);
     for d in &blobs {
         let pins = estuary_get(&emu, &format!("/pinning/pins?name={d}"));
@@ -355,7 +385,7 @@ fn pushes_go_on_while_the_backend_is_down_and_the_backlog_drains() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while http
-        .get(format!("http://{}/debug/health", hosts[0]))
+        .get(format!("http://{}/debug/health", hosts[alive]))
         .send()
         .unwrap()
         .status()
@@ -426,13 +456,33 @@ fn wrong_answers_and_corrupted_bytes_from_the_backend_are_never_accepted() {
         gw.stats()["reads"].as_u64().unwrap() >= 1,
         "the corrupt source was not tried first"
     );
-    // Every source corrupted: the pull fails cleanly, nothing wrong is kept.
+    // Every source corrupted: the pull fails cleanly, nothing wrong is kept; a range too.
     wipe(&cluster, &layer);
     emu.set_mode("corrupt");
     let resp = pull();
     assert_eq!(resp.status().as_u16(), 503, "corrupted bytes must not be served");
     assert!(resp.headers().contains_key("retry-after"));
     assert!(!local.exists(), "corrupted bytes were stored");
+    let ranged = |range: &str| {
+        Client::new()
+            .get(format!(
+                "{}/v2/bad/cid/blobs/{layer}",
+                cluster.nodes[0].base_url()
+            ))
+            .header("Range", range)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(
+        ranged("bytes=0-99").status().as_u16(),
+        503,
+        "a corrupted leaf must not be served"
+    );
+    // The first source still corrupt, the second right: a range is served from it.
+    emu.set_mode("ok");
+    let part = ranged("bytes=1048570-1048589");
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(&part.bytes().unwrap()[..], &bytes[1_048_570..1_048_590]);
     // Once a source serves the right bytes, the same pull works.
     emu.set_mode("ok");
     let got = reg
@@ -533,6 +583,17 @@ fn the_kubo_backend_adds_with_the_node_settings_and_reads_through_cat() {
     let s = wait_pinned(&cluster, 1, Duration::from_secs(60));
     assert_eq!(s.backend, "ipfs");
     wipe(&cluster, &digest);
+    // A range through `cat` with offset and length, three leaves checked.
+    let part = Client::new()
+        .get(format!(
+            "{}/v2/kubo/app/blobs/{digest}",
+            cluster.nodes[0].base_url()
+        ))
+        .header("Range", "bytes=1000000-3200000")
+        .send()
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(&part.bytes().unwrap()[..], &layer[1_000_000..=3_200_000]);
     let got = reg.get_blob("kubo/app", &digest).expect("pull through cat");
     assert_eq!(got.bytes, layer);
     // Unlinked everywhere: `pin/rm` on the Kubo node.

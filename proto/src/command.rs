@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cid::{CidProgress, CidStep};
+use crate::cid::{CidProgress, CidStep, Leaf};
 use crate::digest::{Algorithm, Digest};
 use crate::hash_state::HashState;
 use crate::names::{RepoName, Tag};
@@ -153,6 +153,9 @@ pub enum Command {
         nodes: Vec<NodeId>,
         /// Its CID, when an IPFS backend is configured.
         cid: Option<String>,
+        /// The CID's leaves (SHA-256 of each 1 MiB), so that a range of the blob read back from
+        /// IPFS can be checked leaf by leaf.
+        leaves: Vec<Leaf>,
     },
     /// Link an already committed blob into another repository (cross-repository mount).
     LinkBlob {
@@ -211,6 +214,9 @@ pub enum Command {
         nodes: Vec<NodeId>,
         /// Its CID, when an IPFS backend is configured.
         cid: Option<String>,
+        /// The CID's leaves (SHA-256 of each 1 MiB), so that a range of the blob read back from
+        /// IPFS can be checked leaf by leaf.
+        leaves: Vec<Leaf>,
         /// Proposer's clock.
         now_ms: u64,
     },

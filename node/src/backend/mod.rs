@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod pinner;
+pub mod range;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -314,10 +315,38 @@ impl Backend {
     /// Stream the whole content at `source`. The bytes are not verified here: the caller
     /// checks them against the blob's digest.
     pub fn fetch(&self, source: &Source) -> mpsc::Receiver<Result<Bytes, String>> {
+        self.fetch_part(source, None)
+    }
+
+    /// Read `len` bytes from `offset` of the content at `source` (a gateway `Range`, or `cat`
+    /// with `offset` and `length`) into memory; for single leaves, which the caller verifies.
+    pub async fn fetch_range(&self, source: &Source, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        let mut rx = self.fetch_part(source, Some((offset, len)));
+        let mut out = Vec::with_capacity(len as usize);
+        while let Some(item) = rx.recv().await {
+            out.extend_from_slice(&item?);
+            if out.len() as u64 > len {
+                return Err(format!("{source} sent more than the {len} bytes asked"));
+            }
+        }
+        Ok(out)
+    }
+
+    fn fetch_part(&self, source: &Source, part: Option<(u64, u64)>) -> mpsc::Receiver<Result<Bytes, String>> {
         let (tx, rx) = mpsc::channel(FETCH_CHANNEL);
-        let (request, what) = match source {
-            Source::Get(url) => (self.client.get(url), url.clone()),
-            Source::Post(url) => (self.client.post(url), url.clone()),
+        let (request, what) = match (source, part) {
+            (Source::Get(url), None) => (self.client.get(url), url.clone()),
+            (Source::Get(url), Some((offset, len))) => (
+                self.client
+                    .get(url)
+                    .header("Range", format!("bytes={offset}-{}", offset + len.max(1) - 1)),
+                url.clone(),
+            ),
+            (Source::Post(url), None) => (self.client.post(url), url.clone()),
+            (Source::Post(url), Some((offset, len))) => (
+                self.client.post(format!("{url}&offset={offset}&length={len}")),
+                url.clone(),
+            ),
         };
         self.runtime.spawn(async move {
             let resp = match request.timeout(TRANSFER_TIMEOUT).send().await {

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use ipcr_proto::cid::CidProgress;
+use ipcr_proto::cid::{CidProgress, Leaf};
 use ipcr_proto::{
     BlobRecord, ChunkRecord, Command, CommandResult, Digest, IpfsRecord, ManifestRecord, PinState, Reject,
     RepoName, UploadRecord,
@@ -15,8 +15,8 @@ use ipcr_proto::{
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOB_LINKS, BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS, Table,
-    UNPINNED, UPLOADS, key, prefix_range,
+    BLOB_LEAVES, BLOB_LINKS, BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS,
+    Table, UNPINNED, UPLOADS, key, prefix_range,
 };
 use super::{decode, encode};
 
@@ -129,6 +129,7 @@ impl Tx<'_> {
         size: u64,
         nodes: &[u64],
         cid: Option<&String>,
+        leaves: &[Leaf],
     ) -> io::Result<()> {
         let d = digest.to_string();
         let mut record = self.record::<BlobRecord>(BLOBS, &d)?.unwrap_or(BlobRecord {
@@ -145,6 +146,9 @@ impl Tx<'_> {
                 state: PinState::Pending,
             });
             self.put(UNPINNED, &d, &[])?;
+            if !leaves.is_empty() {
+                self.put_record(BLOB_LEAVES, &d, &leaves.to_vec())?;
+            }
         }
         for n in nodes {
             if !record.nodes.contains(n) {
@@ -218,7 +222,8 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             size,
             nodes,
             cid,
-        } => t.commit_blob(repo, digest, *size, nodes, cid.as_ref())?,
+            leaves,
+        } => t.commit_blob(repo, digest, *size, nodes, cid.as_ref(), leaves)?,
         Command::LinkBlob { repo, digest } => {
             if !t.has(BLOBS, &digest.to_string())? {
                 return rejected(Reject::BlobUnknown);
@@ -294,6 +299,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             size,
             nodes,
             cid,
+            leaves,
             now_ms,
         } => {
             let Some(u) = t.record::<UploadRecord>(UPLOADS, id)? else {
@@ -304,7 +310,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 }
                 return rejected(Reject::UploadUnknown);
             };
-            t.commit_blob(&u.repo, digest, *size, nodes, cid.as_ref())?;
+            t.commit_blob(&u.repo, digest, *size, nodes, cid.as_ref(), leaves)?;
             t.del(UPLOADS, id)?;
             t.put_record(FINISHED, id, &(digest.to_string(), *now_ms))?;
         }

@@ -45,11 +45,13 @@ pub(crate) const UPLOADS: Table = TableDefinition::new("uploads");
 pub(crate) const FINISHED: Table = TableDefinition::new("finished_uploads");
 /// Blobs the IPFS backend has work to do for (pending, failed, unpinning): `digest` → empty.
 pub(crate) const UNPINNED: Table = TableDefinition::new("unpinned_blobs");
+/// The CID leaves of blobs with a CID: `digest` → `Vec<Leaf>`.
+pub(crate) const BLOB_LEAVES: Table = TableDefinition::new("blob_leaves");
 /// How many repositories link each blob: `digest` → u64 little-endian.
 pub(crate) const BLOB_LINKS: Table = TableDefinition::new("blob_links");
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 11] = [
+pub(crate) const DATA_TABLES: [Table; 12] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -61,6 +63,7 @@ pub(crate) const DATA_TABLES: [Table; 11] = [
     FINISHED,
     UNPINNED,
     BLOB_LINKS,
+    BLOB_LEAVES,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
@@ -310,6 +313,11 @@ impl StateReader {
             }
         }
         Ok(out)
+    }
+
+    /// The CID leaves of a blob, when it has a CID.
+    pub fn leaves(&self, digest: &Digest) -> Result<Option<Vec<ipcr_proto::cid::Leaf>>, StateError> {
+        Self::record(Self::get(&self.tx()?, BLOB_LEAVES, &digest.to_string())?)
     }
 
     /// Every open upload session.

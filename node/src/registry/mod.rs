@@ -52,6 +52,8 @@ pub enum BlobBody {
     Local(BlobStream),
     /// Streamed from a holder.
     Remote(RemoteBlob),
+    /// A range read from the IPFS backend, checked leaf by leaf.
+    Verified(crate::backend::range::RangeBody),
 }
 
 impl futures::Stream for BlobBody {
@@ -64,6 +66,7 @@ impl futures::Stream for BlobBody {
         match self.get_mut() {
             BlobBody::Local(s) => std::pin::Pin::new(s).poll_next(cx),
             BlobBody::Remote(s) => std::pin::Pin::new(s).poll_next(cx),
+            BlobBody::Verified(s) => s.as_mut().poll_next(cx),
         }
     }
 }
@@ -334,6 +337,19 @@ impl Registry {
             && let Some(url) = backend.gateway_url(&ipfs.cid)
         {
             return Ok(Served::Redirect(url));
+        }
+        // A range: only the leaves it touches, each checked against its recorded hash.
+        if (start > 0 || len < record.size)
+            && let Some(leaves) = self.raft.reader().leaves(digest)?
+        {
+            return crate::backend::range::open(backend, &ipfs.cid, leaves, start, len)
+                .await
+                .map(|body| Served::Bytes(BlobBody::Verified(body)))
+                .map_err(|e| {
+                    unavailable(format!(
+                        "no holder of {digest} answered ({peer_error}); the backend: {e}"
+                    ))
+                });
         }
         // Each of the backend's sources in turn, until one serves bytes matching the digest.
         let mut last_error = String::from("the backend has no source for it");

@@ -86,13 +86,13 @@ pub async fn finish(p: Prepared, msg: Finish) -> Result<u64, UploadError> {
         hashes = h;
     }
     // The CID: the leaves the session recorded, then those of the last chunk.
-    let cid = match (&p.record.cid, hashes.leaves) {
+    let (cid, leaves) = match (&p.record.cid, hashes.leaves) {
         (Some(progress), Some(last)) => {
             let mut leaves = progress.leaves.clone();
             leaves.extend(last.finish());
-            Some(file_cid(&leaves, progress.max_links))
+            (Some(file_cid(&leaves, progress.max_links)), leaves)
         }
-        _ => None,
+        _ => (None, Vec::new()),
     };
     let hasher = hashes.content;
     let digest = msg.digest;
@@ -146,6 +146,7 @@ pub async fn finish(p: Prepared, msg: Finish) -> Result<u64, UploadError> {
         size,
         nodes,
         cid,
+        leaves,
         now_ms: now_ms(),
     };
     match ctx.raft.propose(cmd).await? {

@@ -293,6 +293,7 @@ impl Uploads {
             size,
             nodes: stored.nodes,
             cid: stored.cid,
+            leaves: stored.leaves,
         };
         match self.ctx.raft.propose(cmd).await? {
             CommandResult::Ok => Ok(size),

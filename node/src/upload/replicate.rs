@@ -102,6 +102,8 @@ pub struct Stored {
     pub nodes: Vec<NodeId>,
     /// Its CID, when an IPFS backend is configured.
     pub cid: Option<String>,
+    /// The CID's leaves.
+    pub leaves: Vec<ipcr_proto::cid::Leaf>,
 }
 
 /// Write a whole blob (a monolithic push) to a temporary file here, check its digest, store
@@ -143,15 +145,19 @@ pub async fn put_blob(
             return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
         }
         store.commit(&path, &check)?;
-        let cid = hashes.leaves.map(|l| {
-            let links = l.max_links();
-            file_cid(&l.finish(), links)
-        });
-        Ok((size, cid))
+        let (cid, leaves) = match hashes.leaves {
+            Some(l) => {
+                let links = l.max_links();
+                let leaves = l.finish();
+                (Some(file_cid(&leaves, links)), leaves)
+            }
+            None => (None, Vec::new()),
+        };
+        Ok((size, cid, leaves))
     })
     .await;
     let _ = crate::store::FsStore::remove_file(&tmp);
-    let (size, cid) = stored?;
+    let (size, cid, leaves) = stored?;
     let mut nodes = vec![ctx.raft.id()];
     if let Some((peer, ack)) = tee_ack {
         match ack.await {
@@ -179,7 +185,12 @@ pub async fn put_blob(
             nodes.len()
         )));
     }
-    Ok(Stored { size, nodes, cid })
+    Ok(Stored {
+        size,
+        nodes,
+        cid,
+        leaves,
+    })
 }
 
 /// The midstate before chunk `i` of `chunks` (`None` for the first).
