@@ -4,6 +4,7 @@
 //! range sent. A whole-blob read instead fetches everything and checks the digest.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
@@ -47,7 +48,8 @@ pub async fn open(
     start: u64,
     len: u64,
 ) -> Result<RangeBody, String> {
-    let sources = backend.sources(cid);
+    let sources: Arc<[Source]> = backend.sources(cid).into();
+    let leaves: Arc<[Leaf]> = leaves.into();
     let end = start + len;
     let first = (start / CHUNK) as usize;
     let last = if len == 0 {
