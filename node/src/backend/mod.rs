@@ -125,15 +125,10 @@ struct KuboAdded {
     hash: String,
 }
 
-/// `GET /pinning/pins`.
+/// `GET /pinning/pins`: how many pins match, and (up to the limit) their request ids.
 #[derive(Deserialize)]
 struct PinList {
     count: u64,
-}
-
-/// `GET /pinning/pins`, the request ids.
-#[derive(Deserialize)]
-struct PinIds {
     results: Vec<PinId>,
 }
 
@@ -372,6 +367,22 @@ impl Backend {
         rx
     }
 
+    /// Estuary's `GET /pinning/pins?<query>`.
+    async fn estuary_pins(&self, api: &str, token: &str, query: &str) -> Result<PinList, BackendError> {
+        let resp = self
+            .client
+            .get(format!("{api}/pinning/pins?{query}"))
+            .bearer_auth(token)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| failed("estuary pins", e))?;
+        if !resp.status().is_success() {
+            return Err(failed("estuary pins", describe(resp).await));
+        }
+        resp.json().await.map_err(|e| failed("estuary pins answer", e))
+    }
+
     /// Does the backend confirm it holds `cid` (pinned)?
     pub async fn confirms(&self, cid: &str) -> Result<bool, BackendError> {
         let this = self.clone();
@@ -379,18 +390,9 @@ impl Backend {
         self.on_runtime(async move {
             match &this.kind {
                 Kind::Estuary { api, token, .. } => {
-                    let resp = this
-                        .client
-                        .get(format!("{api}/pinning/pins?cid={cid}&status=pinned&limit=1"))
-                        .bearer_auth(token)
-                        .timeout(CALL_TIMEOUT)
-                        .send()
-                        .await
-                        .map_err(|e| failed("estuary pins", e))?;
-                    if !resp.status().is_success() {
-                        return Err(failed("estuary pins", describe(resp).await));
-                    }
-                    let list: PinList = resp.json().await.map_err(|e| failed("estuary pins answer", e))?;
+                    let list = this
+                        .estuary_pins(api, token, &format!("cid={cid}&status=pinned&limit=1"))
+                        .await?;
                     Ok(list.count > 0)
                 }
                 Kind::Kubo { api } => {
@@ -415,18 +417,9 @@ impl Backend {
         self.on_runtime(async move {
             match &this.kind {
                 Kind::Estuary { api, token, .. } => {
-                    let resp = this
-                        .client
-                        .get(format!("{api}/pinning/pins?cid={cid}&limit=1000"))
-                        .bearer_auth(token)
-                        .timeout(CALL_TIMEOUT)
-                        .send()
-                        .await
-                        .map_err(|e| failed("estuary pins", e))?;
-                    if !resp.status().is_success() {
-                        return Err(failed("estuary pins", describe(resp).await));
-                    }
-                    let list: PinIds = resp.json().await.map_err(|e| failed("estuary pins answer", e))?;
+                    let list = this
+                        .estuary_pins(api, token, &format!("cid={cid}&limit=1000"))
+                        .await?;
                     for pin in list.results {
                         let resp = this
                             .client

@@ -11,8 +11,7 @@ use tokio::sync::mpsc;
 use super::Peers;
 use super::transfer::Transfers;
 use crate::store::FsStore;
-use crate::upload::hasher::ResumableHasher;
-use crate::upload::writer::{self, BODY_CHANNEL, BodyChunk, Mode};
+use crate::upload::writer::{BODY_CHANNEL, BodyChunk};
 
 /// A blob's bytes coming from a peer.
 pub struct RemoteBlob {
@@ -100,23 +99,7 @@ fn keep_copy(peers: &Peers, store: &FsStore, digest: &Digest, size: u64) -> mpsc
     let (tx, rx) = mpsc::channel(BODY_CHANNEL);
     let (peers, store, digest) = (peers.clone(), store.clone(), digest.clone());
     peers.node().runtime().clone().spawn(async move {
-        let tmp = store.temp_path();
-        let (path, check, st) = (tmp.clone(), digest.clone(), store.clone());
-        let stored = crate::upload::blocking(move || {
-            let hasher = ResumableHasher::new(check.algorithm());
-            let (hashes, _) =
-                writer::write(path.clone(), 0, hasher.into(), rx, Some(size), None, Mode::Append)?;
-            let hasher = hashes.content;
-            if hasher.digest() != check {
-                return Err(crate::upload::UploadError::DigestInvalid(
-                    hasher.digest().to_string(),
-                ));
-            }
-            st.commit(&path, &check)?;
-            Ok(())
-        })
-        .await;
-        let _ = FsStore::remove_file(&tmp);
+        let stored = super::repair::store_verified(&store, &digest, Some(size), rx, "the holder").await;
         if stored.is_ok() {
             let cmd = Command::BlobHolders {
                 digest: digest.clone(),

@@ -30,7 +30,7 @@ pub async fn copy_here(
     let mut last_error = String::from("no source");
     for source in sources {
         let fetched = transfers.fetch(source, &format!("/cluster/blobs/{digest}"), 0, size);
-        match store_verified(store, digest, size, fetched, source).await {
+        match store_verified(store, digest, Some(size), fetched, source).await {
             Ok(()) => return Ok(()),
             Err(e) => last_error = e,
         }
@@ -39,12 +39,12 @@ pub async fn copy_here(
 }
 
 /// Write `fetched` to a temporary file while hashing it and store it as `digest` only if it
-/// is exactly `size` bytes hashing to `digest`; nothing is left behind otherwise. `from` names
-/// the source in errors.
+/// hashes to `digest` (and is exactly `size` bytes, when given); nothing is left behind
+/// otherwise. `from` names the source in errors.
 pub async fn store_verified(
     store: &FsStore,
     digest: &Digest,
-    size: u64,
+    size: Option<u64>,
     fetched: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
     from: &str,
 ) -> Result<(), String> {
@@ -52,15 +52,7 @@ pub async fn store_verified(
     let (path, check, st, from) = (tmp.clone(), digest.clone(), store.clone(), from.to_string());
     let stored = crate::upload::blocking(move || {
         let hasher = ResumableHasher::new(check.algorithm());
-        let (hashes, _) = writer::write(
-            path.clone(),
-            0,
-            hasher.into(),
-            fetched,
-            Some(size),
-            None,
-            Mode::Append,
-        )?;
+        let (hashes, _) = writer::write(path.clone(), 0, hasher.into(), fetched, size, None, Mode::Append)?;
         let actual = hashes.content.digest();
         if actual != check {
             return Err(crate::upload::UploadError::DigestInvalid(format!(

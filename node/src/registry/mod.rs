@@ -357,8 +357,14 @@ impl Registry {
         for source in backend.sources(&ipfs.cid) {
             let fetched = backend.fetch(&source);
             let from = source.to_string();
-            match crate::cluster::repair::store_verified(&self.store, digest, record.size, fetched, &from)
-                .await
+            match crate::cluster::repair::store_verified(
+                &self.store,
+                digest,
+                Some(record.size),
+                fetched,
+                &from,
+            )
+            .await
             {
                 Ok(()) => {
                     restored = true;

@@ -5,7 +5,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures::StreamExt;
-use ipcr_proto::Digest;
+use ipcr_proto::{BlobRecord, Digest};
 
 use super::{ClusterApi, decoded, encoded};
 use crate::api::blobs::{RangeAsk, range_ask};
@@ -14,7 +14,6 @@ use crate::cluster::wire::{
     ChunkAck, ChunkHeader, FinishAnswer, FinishHeader, Plan, RemoteError, read_header,
 };
 use crate::store::read::BlobStream;
-use crate::upload::hasher::ResumableHasher;
 use crate::upload::writer::{self, Hashes, Mode};
 
 fn session_id(id: &str) -> actix_web::Result<String> {
@@ -143,33 +142,27 @@ pub async fn put_blob(
     let ((), first): ((), Bytes) = read_header(&mut payload)
         .await
         .map_err(actix_web::error::ErrorBadRequest)?;
-    let store = state.registry.store().clone();
-    let tmp = store.temp_path();
-    let path = tmp.clone();
+    let store = state.registry.store();
     let stored = body::forward(rest(first, payload), |b| {
-        crate::upload::blocking(move || {
-            let hasher = ResumableHasher::new(digest.algorithm());
-            let (hashes, _) = writer::write(path.clone(), 0, hasher.into(), b, None, None, Mode::Append)?;
-            let hasher = hashes.content;
-            if hasher.digest() != digest {
-                return Err(crate::upload::UploadError::DigestInvalid(format!(
-                    "received bytes hash to {}",
-                    hasher.digest()
-                )));
-            }
-            store.commit(&path, &digest)?;
-            Ok(())
-        })
+        crate::cluster::repair::store_verified(store, &digest, None, b, "the sender")
     })
     .await;
-    let _ = crate::store::FsStore::remove_file(&tmp);
-    let answer: Result<(), String> = stored.map_err(|e| e.to_string());
-    Ok(encoded(&answer))
+    Ok(encoded(&stored))
 }
 
-/// `POST /cluster/blobs/<digest>/fetch`: make a copy of a blob here, from one of the given
-/// holders (repair).
-/// A blob this node holds, uploaded to the IPFS backend on the leader's request.
+/// The index entry of a committed blob, read after the read barrier.
+async fn committed(state: &ClusterApi, digest: &Digest) -> Result<BlobRecord, String> {
+    state.node.read_barrier().await.map_err(|e| e.to_string())?;
+    state
+        .node
+        .reader()
+        .blob_any(digest)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "blob not committed".to_string())
+}
+
+/// `POST /cluster/blobs/<digest>/pin`: a blob this node holds, uploaded to the IPFS backend on
+/// the leader's request.
 pub async fn pin_blob(state: web::Data<ClusterApi>, d: web::Path<String>) -> actix_web::Result<HttpResponse> {
     let digest = digest(&d)?;
     let answer: Result<(), String> = async {
@@ -177,19 +170,15 @@ pub async fn pin_blob(state: web::Data<ClusterApi>, d: web::Path<String>) -> act
             .pinner
             .as_ref()
             .ok_or("no IPFS backend is configured on this node")?;
-        state.node.read_barrier().await.map_err(|e| e.to_string())?;
-        let record = state
-            .node
-            .reader()
-            .blob_any(&digest)
-            .map_err(|e| e.to_string())?
-            .ok_or("blob not committed")?;
+        let record = committed(&state, &digest).await?;
         pinner.pin_local(&digest, &record).await
     }
     .await;
     Ok(encoded(&answer))
 }
 
+/// `POST /cluster/blobs/<digest>/fetch`: make a copy of a blob here, from one of the given
+/// holders (repair).
 pub async fn fetch_blob(
     state: web::Data<ClusterApi>,
     d: web::Path<String>,
@@ -198,13 +187,7 @@ pub async fn fetch_blob(
     let digest = digest(&d)?;
     let sources: Vec<String> = decoded(&body)?;
     let answer: Result<(), String> = async {
-        state.node.read_barrier().await.map_err(|e| e.to_string())?;
-        let record = state
-            .node
-            .reader()
-            .blob_any(&digest)
-            .map_err(|e| e.to_string())?
-            .ok_or("blob not committed")?;
+        let record = committed(&state, &digest).await?;
         crate::cluster::repair::copy_here(
             &state.transfers,
             state.registry.store(),
