@@ -13,11 +13,11 @@ use sha2::{Digest as _, Sha256};
 /// Size of the big blob.
 pub const BIG: u64 = 1 << 30;
 
-/// A 1 GiB incompressible file and its digest.
-pub fn make_blob(path: &Path) -> Result<String> {
+/// A 1 GiB incompressible file (a xorshift stream from `seed`, never 0) and its digest.
+pub fn make_blob(path: &Path, seed: u64) -> Result<String> {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut hasher = Sha256::new();
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut state: u64 = seed;
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..(BIG >> 20) {
         for word in buf.chunks_exact_mut(8) {
@@ -133,4 +133,22 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `wrk -t2 -c64 -d10s` requests per second of a manifest GET by tag.
+pub fn wrk(url: &str) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", "-d10s"])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("Non-2xx") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
 }

@@ -11,13 +11,14 @@
 //! a release build of `ipcr-node`. Every server binds to 127.0.0.1 and is killed at the end.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use cluster_tests::bench::{curl, make_blob, median, wrk};
 use reqwest::blocking::Client;
 use sha2::{Digest as _, Sha256};
 
@@ -25,7 +26,6 @@ const BLOB_SIZE: u64 = 1 << 30;
 const CHUNK: u64 = 64 << 20;
 const ROUNDS: usize = 3;
 const PULLS_PER_ROUND: usize = 3;
-const WRK_SECONDS: u32 = 10;
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -136,26 +136,6 @@ fn start_nginx(work: &Path, root: &Path) -> Result<Server> {
     Ok(server)
 }
 
-/// A deterministic 1 GiB blob (a fast xorshift stream: incompressible, no /dev/urandom wait).
-fn make_blob(path: &Path) -> Result<String> {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, File::create(path)?);
-    let mut hasher = Sha256::new();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..(BLOB_SIZE >> 20) {
-        for word in buf.chunks_exact_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
-        hasher.update(&buf);
-        f.write_all(&buf)?;
-    }
-    f.flush()?;
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
 fn sync() {
     let _ = Command::new("sync").status();
 }
@@ -184,30 +164,6 @@ fn absolute(base: &str, location: &str) -> String {
     } else {
         format!("{base}{location}")
     }
-}
-
-/// One `curl` transfer: answers (status, seconds, response headers). curl is the client for
-/// every server because it moves bytes as fast as the machine allows (the benchmark measures
-/// servers, not a client).
-fn curl(args: &[&str], url: &str) -> Result<(u16, f64, String)> {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "-w",
-            "\n%{http_code} %{time_total}",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .context("running curl")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let last = text.lines().last().unwrap_or_default().to_string();
-    let (code, secs) = last.split_once(' ').context("curl printed no status")?;
-    Ok((code.parse()?, secs.parse()?, text))
 }
 
 fn header(headers: &str, name: &str) -> Option<String> {
@@ -350,24 +306,6 @@ fn push_manifest(client: &Client, base: &str, repo: &str) -> Result<String> {
     Ok(url)
 }
 
-/// `wrk -t2 -c64` requests per second of a manifest GET by tag.
-fn wrk(url: &str) -> Result<f64> {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{WRK_SECONDS}s")])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
-        .arg(url)
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("Non-2xx") {
-        bail!("wrk saw errors against {url}:\n{text}");
-    }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
-}
-
 /// Peak resident set size of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -377,12 +315,6 @@ fn peak_rss_mib(pid: u32) -> Result<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM")?;
     Ok(kb / 1024.0)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
 }
 
 fn row(name: &str, v: &[f64], unit: &str) -> String {
@@ -398,7 +330,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&blob_dir)?;
     let blob = blob_dir.join("blob");
     eprintln!("generating a 1 GiB blob ...");
-    let digest = make_blob(&blob)?;
+    let digest = make_blob(&blob, 0x9E37_79B9_7F4A_7C15)?;
     let chunk_dir = work.join("chunks");
     std::fs::create_dir_all(&chunk_dir)?;
     let chunks = split(&blob, &chunk_dir)?;

@@ -15,12 +15,11 @@
 //! `docs/benchmarks.md`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use cluster_tests::bench::{location, make_blob, median, percentile, push_big};
+use anyhow::{Result, bail};
+use cluster_tests::bench::{location, make_blob, median, percentile, push_big, wrk};
 use cluster_tests::{Balancer, Cluster, Node};
 use sha2::{Digest as _, Sha256};
 
@@ -137,28 +136,6 @@ fn tiny_image(base: &str, repo: &str) -> Result<String> {
     let client = reqwest::blocking::Client::new();
     push_image(&client, base, repo, "latest", b"layer")?;
     Ok(format!("{base}/v2/{repo}/manifests/latest"))
-}
-
-fn wrk(url: &str) -> Result<f64> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c64",
-            "-d10s",
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-        ])
-        .arg(url)
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("Non-2xx") {
-        bail!("wrk saw errors against {url}:\n{text}");
-    }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in:\n{text}"))
 }
 
 /// 100 concurrent pushes of distinct 10 MiB layers; answers (seconds of each success, wall
@@ -283,7 +260,7 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new().prefix("ipcr-bench-cluster-").tempdir()?;
     let blob = work.path().join("blob");
     eprintln!("generating a 1 GiB blob ...");
-    let digest = make_blob(&blob)?;
+    let digest = make_blob(&blob, 0x2545_F491_4F6C_DD1D)?;
 
     let single = Node::start_with_env("single", &QUIET);
     // The single node behind the same balancer, so both sides pay the same proxy.

@@ -35,7 +35,7 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new().prefix("ipcr-bench-ipfs-").tempdir()?;
     let blob = work.path().join("blob");
     eprintln!("generating a 1 GiB blob ...");
-    let digest = make_blob(&blob)?;
+    let digest = make_blob(&blob, 0x2545_F491_4F6C_DD1D)?;
     let quiet = [
         ("REGISTRY_LOG_LEVEL", "warn"),
         ("REGISTRY_LOG_ACCESSLOG_DISABLED", "true"),
