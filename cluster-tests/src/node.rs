@@ -41,14 +41,14 @@ impl Node {
         Self::start_with_env(name, &[])
     }
 
-    /// Like [`Node::start`], with extra `REGISTRY_*` overrides (kept across restarts).
-    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Node {
+    /// A node with a fresh directory and ports, not running yet.
+    fn unstarted(name: &str, env: &[(&str, &str)]) -> Node {
         let dir = tempfile::Builder::new()
             .prefix(&format!("ipcr-{name}-"))
             .tempdir()
             .expect("creating the node's temporary directory");
         std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
-        let mut node = Node {
+        Node {
             name: name.to_string(),
             bin: node_binary(),
             dir: Some(dir),
@@ -57,7 +57,12 @@ impl Node {
             child: None,
             starts: 0,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        }
+    }
+
+    /// Like [`Node::start`], with extra `REGISTRY_*` overrides (kept across restarts).
+    pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Node {
+        let mut node = Self::unstarted(name, env);
         node.spawn();
         node.wait_ready(READY_TIMEOUT);
         node
@@ -320,21 +325,7 @@ impl Node {
     /// answers `503`, and the node keeps asking). Once a member has added it, the node is ready
     /// and that join request succeeds as a no-op. Call [`Node::wait_ready`] after the join.
     pub fn start_awaiting_join(name: &str, env: &[(&str, &str)]) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ipcr-{name}-"))
-            .tempdir()
-            .expect("creating the node's temporary directory");
-        std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
-        let mut node = Node {
-            name: name.to_string(),
-            bin: node_binary(),
-            dir: Some(dir),
-            port: free_port(),
-            cluster_port: free_port(),
-            child: None,
-            starts: 0,
-            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        };
+        let mut node = Self::unstarted(name, env);
         let own = node.cluster_url();
         node.extra_env.retain(|(k, _)| k != "REGISTRY_CLUSTER_JOIN");
         node.extra_env.push(("REGISTRY_CLUSTER_JOIN".to_string(), own));
