@@ -22,9 +22,12 @@ pub async fn write(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web:
     Ok(encoded(&answer))
 }
 
-/// `POST /cluster/read-index`: a read index for a follower's linearizable read.
-pub async fn read_index(state: web::Data<ClusterApi>) -> HttpResponse {
-    encoded(&state.node.read_index_for_follower().await)
+/// `POST /cluster/read-index`: a read index for a follower's linearizable read. The (empty,
+/// versioned) body is read so that actix keeps the connection: an unread body makes it close
+/// the connection after the answer, and the follower would connect anew for every read index.
+pub async fn read_index(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web::Result<HttpResponse> {
+    let () = decoded(&body)?;
+    Ok(encoded(&state.node.read_index_for_follower().await))
 }
 
 /// Run a membership change on the leader: here when this node leads, else by forwarding.

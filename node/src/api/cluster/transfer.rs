@@ -163,7 +163,12 @@ async fn committed(state: &ClusterApi, digest: &Digest) -> Result<BlobRecord, St
 
 /// `POST /cluster/blobs/<digest>/pin`: a blob this node holds, uploaded to the IPFS backend on
 /// the leader's request.
-pub async fn pin_blob(state: web::Data<ClusterApi>, d: web::Path<String>) -> actix_web::Result<HttpResponse> {
+pub async fn pin_blob(
+    state: web::Data<ClusterApi>,
+    d: web::Path<String>,
+    body: web::Bytes,
+) -> actix_web::Result<HttpResponse> {
+    let () = decoded(&body)?;
     let digest = digest(&d)?;
     let answer: Result<(), String> = async {
         let pinner = state
