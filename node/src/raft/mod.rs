@@ -32,6 +32,9 @@ openraft::declare_raft_types!(
 /// The openraft handle specialised to IPCR.
 pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 
+/// A Raft log id.
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+
 /// Version byte written before every encoded log entry, vote and snapshot, so that a future
 /// change of encoding is detected instead of misread.
 pub const FORMAT_V1: u8 = 1;

@@ -14,15 +14,16 @@ use ipcr_proto::{Command, CommandResult, NodeId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError as OpenRaftError};
 use openraft::impls::BasicNode;
-use openraft::{Config, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::type_config::alias::InstantOf;
+use openraft::{Config, Instant as _, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::log_store::LogStore;
 use super::network::{CallError, ClusterClient, NetworkFactory};
 use super::state::StateReader;
 use super::state_machine::StateMachine;
-use super::{Raft, TypeConfig};
+use super::{LogId, Raft, TypeConfig};
 use crate::config::ClusterConfig;
 
 /// How long a write or a read barrier waits for a leader before the client gets `503`.
@@ -52,6 +53,13 @@ fn paths(data_dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
     ))
 }
 
+/// How long a leader answers reads from its lease after a quorum acknowledged its heartbeat:
+/// the shortest election timeout, half of what openraft's own lease reads allow, so that clocks
+/// running at different rates on the leader and the voters cannot break it.
+fn lease(cluster: &ClusterConfig) -> Duration {
+    cluster.election_timeout.0
+}
+
 /// Coalesces concurrent linearizable reads: every read that arrives while a read index is being
 /// obtained waits for the next one, so N concurrent reads cost one round, not N, and each read
 /// is still ordered after every write acknowledged before it arrived.
@@ -73,6 +81,10 @@ pub struct RaftNode {
     raft: Raft,
     reader: StateReader,
     barrier: Arc<ReadBarrier>,
+    /// The state machine's last applied log id.
+    applied: watch::Receiver<Option<LogId>>,
+    /// How long after a quorum acknowledged the leader's heartbeat it answers reads alone.
+    lease: Duration,
     runtime: Handle,
     client: ClusterClient,
     snapshot_dir: PathBuf,
@@ -104,6 +116,7 @@ impl RaftNode {
         let log = LogStore::open(&log_path)?;
         let sm = StateMachine::open(&sm_path, &snap_dir)?;
         let reader = sm.reader();
+        let applied = sm.applied();
         let heartbeat = cluster.heartbeat.0.as_millis() as u64;
         let election = cluster.election_timeout.0.as_millis() as u64;
         let config = Config {
@@ -134,6 +147,8 @@ impl RaftNode {
             raft,
             reader,
             barrier: Arc::default(),
+            applied,
+            lease: lease(cluster),
             runtime,
             client,
             snapshot_dir: snap_dir,
@@ -283,18 +298,13 @@ impl RaftNode {
 
     /// Wait until the local state machine has applied `index`.
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let raft = self.raft.clone();
-        self.runtime
-            .spawn(async move {
-                raft.wait(Some(left))
-                    .applied_index_at_least(Some(index), "forwarded write or read index")
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())?
+        let mut applied = self.applied.clone();
+        let reached = applied.wait_for(|a| a.is_some_and(|a| a.index >= index));
+        match tokio::time::timeout_at(deadline.into(), reached).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("the state machine stopped".into()),
+            Err(_) => Err(format!("log index {index} not applied in time")),
+        }
     }
 
     /// Propose on this node, which must be the leader (the cluster port's `/cluster/write`).
@@ -328,21 +338,49 @@ impl RaftNode {
         }
     }
 
-    /// A read index for a follower (the cluster port's `/cluster/read-index`). It shares the
-    /// leader's coalesced barrier: once that passed, everything applied here covers every
-    /// write acknowledged before the request arrived.
+    /// A read index for a follower (the cluster port's `/cluster/read-index`): from the lease
+    /// while it holds, else after the leader's coalesced barrier. Either way everything applied
+    /// here then covers every write acknowledged before the request arrived.
     pub async fn read_index_for_follower(&self) -> Result<u64, String> {
+        if let Some(index) = self.lease_read_index() {
+            return Ok(index);
+        }
         if !self.raft.is_leader() {
             return Err("not the leader".into());
         }
         self.read_barrier().await.map_err(|e| e.to_string())?;
-        Ok(self.metrics().last_applied.map(|l| l.index).unwrap_or(0))
+        Ok(self.applied_index())
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.borrow().map(|l| l.index).unwrap_or(0)
+    }
+
+    /// A read index from the leader's lease alone, without a call into openraft: while a quorum
+    /// acknowledged a heartbeat sent less than `lease` ago, no other leader can have been
+    /// elected (a voter grants no vote within an election timeout of hearing from its leader).
+    /// Once this leader has applied an entry of its own term (its first is the no-op that
+    /// commits everything earlier leaders committed) everything acknowledged anywhere is
+    /// applied here: this leader acknowledges a write only after applying it. openraft's
+    /// metrics may lag, which only makes the lease look older or the term look unapplied.
+    fn lease_read_index(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.id) || !m.vote.is_committed() {
+            return None;
+        }
+        let acked = m.last_quorum_acked.as_ref()?.into_inner();
+        if InstantOf::<TypeConfig>::now() >= acked + self.lease {
+            return None;
+        }
+        let applied = (*self.applied.borrow())?;
+        (applied.leader_id.term == m.current_term).then_some(applied.index)
     }
 
     /// Wait until the local state reflects every write acknowledged anywhere in the cluster
     /// before this call. Free when this node is the cluster's only voter and its leader.
     pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        if self.sole_voter() {
+        if self.sole_voter() || self.lease_read_index().is_some() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();

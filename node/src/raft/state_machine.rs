@@ -12,15 +12,15 @@ use std::sync::Arc;
 use futures::{Stream, TryStreamExt};
 use ipcr_proto::CommandResult;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::type_config::alias::{LogIdOf, SnapshotOf, StoredMembershipOf};
+use openraft::type_config::alias::{SnapshotOf, StoredMembershipOf};
 use openraft::{EntryPayload, OptionalSend};
 use redb::{Database, Durability, ReadableDatabase, WriteTransaction};
+use tokio::sync::watch;
 
 use super::snapshot::{self, Meta, SnapshotDir, SnapshotFile};
 use super::state::{DATA_TABLES, KEY_APPLIED, KEY_MEMBERSHIP, META, StateReader};
-use super::{TypeConfig, apply, decode, encode};
+use super::{LogId, TypeConfig, apply, decode, encode};
 
-type LogId = LogIdOf<TypeConfig>;
 type Membership = StoredMembershipOf<TypeConfig>;
 
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
@@ -31,6 +31,9 @@ fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
 pub struct StateMachine {
     db: Arc<Database>,
     snapshots: SnapshotDir,
+    /// The last applied log id, published as soon as it is in the database (before any
+    /// client's write is acknowledged), unlike openraft's metrics, which follow later.
+    applied: watch::Sender<Option<LogId>>,
 }
 
 impl StateMachine {
@@ -43,10 +46,17 @@ impl StateMachine {
             tx.open_table(t).map_err(io_err)?;
         }
         tx.commit().map_err(io_err)?;
+        let (applied, _) = Self::read_applied(&db)?;
         Ok(StateMachine {
             db: Arc::new(db),
             snapshots: SnapshotDir::new(snapshot_dir.to_path_buf())?,
+            applied: watch::Sender::new(applied),
         })
+    }
+
+    /// Follows the last applied log id.
+    pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied.subscribe()
     }
 
     /// A reader over the applied state.
@@ -147,7 +157,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let db = self.db.clone();
-        let (batch, results) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+        let (batch, results, last) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::None).map_err(io_err)?;
             let mut results = Vec::with_capacity(batch.len());
@@ -167,10 +177,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Self::write_meta(&tx, &last, membership.as_ref())?;
             tx.commit().map_err(io_err)?;
-            Ok((batch, results))
+            Ok((batch, results, last))
         })
         .await
         .map_err(io_err)??;
+        self.applied.send_replace(last);
         for ((_, responder), result) in batch.into_iter().zip(results) {
             if let Some(r) = responder {
                 r.send(result);
@@ -190,6 +201,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let dir = self.snapshots.clone();
         let meta = meta.clone();
+        let applied = self.applied.clone();
         tokio::task::spawn_blocking(move || {
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
@@ -202,6 +214,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             Self::write_meta(&tx, &meta.last_log_id, Some(&meta.last_membership))?;
             tx.commit().map_err(io_err)?;
+            applied.send_replace(meta.last_log_id);
             if !dir.holds(&snapshot.path) {
                 dir.adopt(&meta, &snapshot.path)?;
             }
