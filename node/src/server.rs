@@ -192,12 +192,14 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     });
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
-    let server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
+    let mut server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
         // A write buffer the size of one blob read lets actix reuse it for every chunk of a
         // pull instead of reallocating (and page-faulting) a buffer per chunk.
-        .h1_write_buffer_size(crate::store::read::READ_CHUNK)
-        .bind(addr)?
-        .run();
+        .h1_write_buffer_size(crate::store::read::READ_CHUNK);
+    if let Some(n) = config.http.workers {
+        server = server.workers(n);
+    }
+    let server = server.bind(addr)?.run();
     tracing::info!(%addr, "listening");
     let cluster_addr = config.cluster.socket_addr().map_err(io::Error::other)?;
     let repair = Repair::new(

@@ -2,8 +2,11 @@
 //! run on one machine.
 //!
 //! ```text
-//! cargo build --release -p ipcr-node && cargo run --release -p cluster-tests --bin bench_cluster
+//! cargo build --release -p ipcr-node && cargo run --release -p cluster-tests --bin bench_cluster [-- --workers N]
 //! ```
+//!
+//! `--workers N` sets `http.workers` on every IPCR node of the run, the single node's as well
+//! as the cluster's; without it each node serves with one thread per core.
 //!
 //! distribution 2.8.2 (`docker-registry`) runs in the same run for reference.
 //!
@@ -256,16 +259,31 @@ fn wait_tags(node: &Node, deadline: Instant) -> bool {
     false
 }
 
+/// `--workers N` from the command line, if given.
+fn workers_arg() -> Result<Option<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, n] if flag == "--workers" && n.parse::<usize>().is_ok_and(|n| n > 0) => Ok(Some(n.clone())),
+        _ => bail!("usage: bench_cluster [--workers N]"),
+    }
+}
+
 fn main() -> Result<()> {
+    let workers = workers_arg()?;
+    let mut env = QUIET.to_vec();
+    if let Some(n) = &workers {
+        env.push(("REGISTRY_HTTP_WORKERS", n.as_str()));
+    }
     let work = tempfile::Builder::new().prefix("ipcr-bench-cluster-").tempdir()?;
     let blob = work.path().join("blob");
     eprintln!("generating a 1 GiB blob ...");
     let digest = make_blob(&blob, 0x2545_F491_4F6C_DD1D)?;
 
-    let single = Node::start_with_env("single", &QUIET);
+    let single = Node::start_with_env("single", &env);
     // The single node behind the same balancer, so both sides pay the same proxy.
     let single_lb = Balancer::start(&[single.host()]);
-    let mut cluster = Cluster::start(3, &QUIET);
+    let mut cluster = Cluster::start(3, &env);
     let lb = Balancer::start(&cluster.hosts());
     let dist = Distribution::start(work.path())?;
 
@@ -326,7 +344,9 @@ fn main() -> Result<()> {
     println!();
     println!(
         "{cores} cores; 3 nodes (storage.replicas 2) behind haproxy round-robin vs one node, all on this \
-         machine; client curl for the 1 GiB push, wrk for reads, reqwest otherwise."
+         machine; every IPCR node with http.workers {}; client curl for the 1 GiB push, wrk for reads, \
+         reqwest otherwise.",
+        workers.as_deref().unwrap_or("unset (one per core)")
     );
     println!();
     println!("| measurement | runs | median |");

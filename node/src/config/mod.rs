@@ -209,6 +209,9 @@ impl Config {
     /// Check that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.socket_addr()?;
+        if self.http.workers == Some(0) {
+            return Err(ConfigError::Invalid("http.workers must be at least 1".into()));
+        }
         // The local disk is always the first tier (`filesystem`, or the backend section's own
         // `rootdirectory`); at most one IPFS backend goes behind it.
         if self.storage.estuary.is_some() && self.storage.ipfs.is_some() {
@@ -330,6 +333,7 @@ health:
         assert_eq!(c.data_dir(), PathBuf::from("./data"));
         assert!(!c.storage.delete.enabled);
         assert!(c.storage.maintenance.uploadpurging.enabled);
+        assert_eq!(c.http.workers, None);
     }
 
     #[test]
@@ -356,6 +360,7 @@ health:
                 "5".to_string(),
             ),
             ("REGISTRY_HTTP_SECRET".to_string(), "s3cret".to_string()),
+            ("REGISTRY_HTTP_WORKERS".to_string(), "1".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let c = Config::from_yaml("", env).unwrap();
@@ -364,6 +369,7 @@ health:
         assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
         assert_eq!(c.health.storagedriver.threshold, 5);
         assert_eq!(c.http.secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.http.workers, Some(1));
 
         let env = vec![(
             "REGISTRY_STORAGE_ESTUARY_SHUTTLE_URL".to_string(),
@@ -476,6 +482,7 @@ health:
     #[test]
     fn bad_values_are_errors() {
         assert!(Config::from_yaml("http:\n  addr: nonsense\n", no_env()).is_err());
+        assert!(Config::from_yaml("http:\n  workers: 0\n", no_env()).is_err());
         assert!(Config::from_yaml("log:\n  formatter: xml\n", no_env()).is_err());
         assert!(Config::from_yaml("storage:\n  delete:\n    enabled: maybe\n", no_env()).is_err());
         assert!(Config::from_yaml(": : :\n  - [", no_env()).is_err());

@@ -221,6 +221,8 @@ pub struct HttpConfig {
     pub secret: Option<String>,
     /// Headers added to every response.
     pub headers: BTreeMap<String, Vec<String>>,
+    /// Threads serving the registry port; none means one per CPU core.
+    pub workers: Option<usize>,
 }
 
 impl Default for HttpConfig {
@@ -229,6 +231,7 @@ impl Default for HttpConfig {
             addr: ":5005".into(),
             secret: None,
             headers: BTreeMap::new(),
+            workers: None,
         }
     }
 }
