@@ -4,6 +4,7 @@
 //! Called by `api` (through thin handlers) and by the purge timer; calls `raft` to record
 //! every acknowledged chunk and `store` to make verified blobs visible.
 
+mod direct;
 mod finish;
 pub mod hasher;
 pub mod leaves;

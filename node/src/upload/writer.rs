@@ -6,7 +6,7 @@
 //! Upload files may be sparse: a node holds the chunks it received, at their offsets.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use ipcr_proto::{Algorithm, Digest};
 use tokio::sync::mpsc;
 
 use super::UploadError;
+use super::direct::DirectWriter;
 use super::hasher::ResumableHasher;
 use super::leaves::LeafHasher;
 
@@ -26,14 +27,14 @@ pub const BODY_CHANNEL: usize = 32;
 /// A request body being forwarded by the HTTP handler.
 pub type Body = mpsc::Receiver<BodyChunk>;
 
-/// Writes to the file are gathered into buffers of this size.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Writeback is started every time this many bytes were written.
 const FLUSH_EVERY: u64 = 32 << 20;
 
 /// Starts writeback of an upload file while it is still being written, on a second thread, so
 /// that the disk works during the transfer instead of only at the final `fdatasync` (the
-/// difference between overlapping the disk with the network and adding them up).
+/// difference between overlapping the disk with the network and adding them up). Whole blocks
+/// written directly ([`DirectWriter`]) are on the disk already; this matters for the
+/// page-cache part, which is everything where the filesystem refuses `O_DIRECT`.
 struct Flusher<'scope> {
     tx: Option<std::sync::mpsc::SyncSender<()>>,
     handle: Option<std::thread::ScopedJoinHandle<'scope, ()>>,
@@ -219,10 +220,11 @@ impl<'scope> LeafThread<'scope> {
     }
 }
 
-/// Write `body` into the file at `path` from `start`, feeding it to `hashes`, and fsync. A file shorter than `start` gets a hole (chunks held
-/// elsewhere). Returns the updated hashes and the number of bytes written. When `expected` is
-/// known, the body must have exactly that length. Every chunk is also sent to `tee` (a
-/// replica's stream) while it lasts.
+/// Write `body` into the file at `path` from `start`, feeding it to `hashes`, and fsync (whole
+/// blocks bypass the page cache, see [`DirectWriter`]). A file shorter than `start` gets a hole
+/// (chunks held elsewhere). Returns the updated hashes and the number of bytes written. When
+/// `expected` is known, the body must have exactly that length. Every chunk is also sent to
+/// `tee` (a replica's stream) while it lasts.
 pub fn write(
     path: PathBuf,
     start: u64,
@@ -239,7 +241,7 @@ pub fn write(
         ..
     } = hashes;
     let mut crc = crc32fast::Hasher::new();
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
@@ -248,13 +250,12 @@ pub fn write(
     if mode == Mode::Append && len > start {
         file.set_len(start)?;
     }
-    file.seek(SeekFrom::Start(start))?;
     let mut written = 0u64;
     let result = std::thread::scope(|scope| {
         let flusher = Flusher::start(scope, &file)?;
         let leaf_thread = leaves.map(|l| LeafThread::start(scope, l));
         let mut replica = Tee::new(tee.take());
-        let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &file);
+        let mut out = DirectWriter::new(&file, &path, start);
         while let Some(chunk) = body.blocking_recv() {
             let chunk = chunk.map_err(UploadError::Aborted)?;
             written += chunk.len() as u64;
@@ -270,15 +271,14 @@ pub fn write(
                 hasher.update(&chunk);
             }
             crc.update(&chunk);
-            out.write_all(&chunk)?;
+            out.write(&chunk)?;
             replica.push(&chunk);
             flusher.wrote(written);
         }
         // The replica's stream ends now, so that it writes its tail and fsyncs while this node
         // does the same.
         replica.finish();
-        out.flush()?;
-        drop(out);
+        out.finish()?;
         flusher.finish();
         if let Some(e) = expected
             && written != e
