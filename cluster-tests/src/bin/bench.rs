@@ -396,7 +396,7 @@ fn main() -> Result<()> {
     println!("### Run of {}", chrono_free_date());
     println!();
     println!(
-        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds ({PULLS_PER_ROUND} pulls of each server per round, from the page cache), client: curl, the same for every server."
+        "Machine: {cores} cores ({cpu}). 1 GiB incompressible blob, {ROUNDS} rounds ({PULLS_PER_ROUND} pulls of each server per round; IPCR's first pull reads from the disk, as IPCR's pushes write around the page cache, every other pull from the page cache), client: curl, the same for every server."
     );
     println!();
     println!("| measurement | runs (s) | median |");
