@@ -109,7 +109,7 @@ impl<'f> DirectWriter<'f> {
             return Ok(());
         }
         let Some(direct) = &self.direct else {
-            unreachable!("only buffered when direct")
+            unreachable!("flush_blocks is only called with a direct descriptor")
         };
         let buf = &self.mem[self.buf_at..self.buf_at + blocks];
         match direct.write_all_at(buf, self.pos) {
