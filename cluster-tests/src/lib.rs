@@ -13,6 +13,7 @@
 //!   manifests, indexes), byte for byte under the test's control.
 //! - [`client`]: a minimal blocking OCI distribution client that reports exactly what the
 //!   server acknowledged.
+//! - [`clients`]: the `docker` and `skopeo` command-line clients as the tests drive them.
 //! - [`peer`]: distribution 2.8.2, the registry the benchmarks compare against.
 //! - [`pushes`]: images pushed with bounded retries while nodes fail or change, and checks of
 //!   what was acknowledged.
@@ -22,6 +23,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod clients;
 pub mod cluster;
 pub mod emulator;
 pub mod netns;

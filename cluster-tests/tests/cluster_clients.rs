@@ -10,34 +10,11 @@
 //! Docker treats `127.0.0.0/8` registries as plain-HTTP ones, so tags name `127.0.0.1:<port>`.
 //! Every image and container the test creates is removed when it ends, also on failure.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
 use cluster_tests::client::Registry;
+use cluster_tests::clients::{Docker, must_skopeo_copy, pushed_digest};
 use cluster_tests::oci::{self, Descriptor, Layer, Layout, Tar};
-use cluster_tests::tools::{Output, must_run, require_docker, require_static_busybox, require_tool, run};
+use cluster_tests::tools::{require_docker, require_static_busybox, require_tool};
 use cluster_tests::{Balancer, Cluster, sha256_digest};
-
-const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// `skopeo copy` keeping every manifest as is, over plain HTTP.
-fn must_skopeo_copy(skopeo: &Path, all: bool, src: &str, dst: &str) {
-    let mut cmd = Command::new(skopeo);
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-    ]);
-    if all {
-        cmd.arg("--all");
-    }
-    cmd.args([src, dst]);
-    must_run(&mut cmd, SKOPEO_TIMEOUT);
-}
 
 /// Every descriptor reachable from `root` (itself included), each once.
 fn descriptors(layout: &Layout, root: &Descriptor) -> Vec<Descriptor> {
@@ -197,113 +174,6 @@ fn skopeo_copies_an_image_and_an_index_through_the_balancer() {
     );
 }
 
-/// The docker CLI and what the test created, removed on drop (also when the test fails).
-struct Docker {
-    bin: PathBuf,
-    images: Vec<String>,
-    containers: Vec<String>,
-}
-
-impl Docker {
-    fn must(&self, args: &[&str]) -> Output {
-        must_run(Command::new(&self.bin).args(args), DOCKER_TIMEOUT)
-    }
-
-    fn has_image(&self, image: &str) -> bool {
-        run(
-            Command::new(&self.bin).args(["image", "inspect", image]),
-            DOCKER_TIMEOUT,
-        )
-        .status
-        .success()
-    }
-
-    fn must_image_id(&self, image: &str) -> String {
-        self.must(&["image", "inspect", "--format", "{{.Id}}", image])
-            .stdout_text()
-            .trim()
-            .to_string()
-    }
-
-    /// `docker build -t <tag>`: BuildKit when the CLI has it, else the legacy builder.
-    fn must_build(&mut self, context: &Path, tag: &str) {
-        self.images.push(tag.to_string());
-        let context = context.to_str().expect("utf-8 path");
-        let build = |buildkit: Option<&str>| {
-            let mut cmd = Command::new(&self.bin);
-            if let Some(v) = buildkit {
-                cmd.env("DOCKER_BUILDKIT", v);
-            }
-            run(cmd.args(["build", "-t", tag, context]), DOCKER_TIMEOUT)
-        };
-        let first = build(None);
-        if first.status.success() {
-            return;
-        }
-        let legacy = build(Some("0"));
-        assert!(
-            legacy.status.success(),
-            "docker build failed both ways:\n{}\n{}",
-            first.describe(),
-            legacy.describe()
-        );
-    }
-
-    /// `docker pull <reference>` into an engine that does not have the image, then check it is
-    /// the built image (`id`) with `digest` among its repo digests; removes it again after
-    /// `and_then` ran.
-    fn must_pull_fresh(
-        &mut self,
-        reference: &str,
-        repo: &str,
-        digest: &str,
-        id: &str,
-        and_then: impl FnOnce(&mut Docker),
-    ) {
-        assert!(
-            !self.has_image(id),
-            "image {id} still present before pulling {reference}"
-        );
-        self.images.push(reference.to_string());
-        self.must(&["pull", reference]);
-        let repo_digests = self
-            .must(&["image", "inspect", "--format", "{{json .RepoDigests}}", reference])
-            .stdout_text();
-        assert!(
-            repo_digests.contains(&format!("{repo}@{digest}")),
-            "{reference} has RepoDigests {repo_digests}, expected {repo}@{digest}"
-        );
-        assert_eq!(
-            self.must_image_id(reference),
-            id,
-            "{reference} is the built image"
-        );
-        and_then(self);
-        self.must(&["rmi", reference]);
-    }
-}
-
-impl Drop for Docker {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = run(Command::new(&self.bin).args(["rm", "-f", c]), DOCKER_TIMEOUT);
-        }
-        for i in self.images.iter().rev() {
-            let _ = run(Command::new(&self.bin).args(["rmi", "-f", i]), DOCKER_TIMEOUT);
-        }
-    }
-}
-
-/// `sha256:...` from the `<tag>: digest: sha256:... size: N` line of `docker push`.
-fn pushed_digest(push: &Output) -> String {
-    let text = push.stdout_text();
-    text.split_whitespace()
-        .skip_while(|w| *w != "digest:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no digest in docker push output:\n{text}"))
-        .to_string()
-}
-
 #[test]
 fn docker_pushes_through_the_balancer_and_pulls_from_every_node() {
     let Some(docker_bin) = require_docker() else {
@@ -317,11 +187,7 @@ fn docker_pushes_through_the_balancer_and_pulls_from_every_node() {
     }
     let mut cluster = Cluster::start(3, &[]);
     let lb = Balancer::start(&cluster.hosts());
-    let mut docker = Docker {
-        bin: docker_bin,
-        images: Vec::new(),
-        containers: Vec::new(),
-    };
+    let mut docker = Docker::new(docker_bin);
 
     // Two layers: busybox, and a generated file whose checksum the container prints.
     let payload = oci::noise(31, 3_000_000);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster_tests::clients::{DOCKER_TIMEOUT, pushed_digest};
 use cluster_tests::node::free_port;
 use cluster_tests::tools::{
     Output, find_on_path, must_run, require, require_docker, require_static_busybox, run,
@@ -20,8 +21,6 @@ use ipcr_proto::admin::ClusterStatus;
 
 /// `deploy/build-images` may compile the release binary first (about 5 minutes on 2 cores).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
-/// One docker or compose command.
-const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Forming the cluster, electing a new leader, the balancer answering.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The cluster secret the test's nodes share.
@@ -47,16 +46,6 @@ fn require_compose(docker: &Path) -> Option<Vec<OsString>> {
         run(&mut cmd, Duration::from_secs(60)).status.success()
     });
     require("docker compose or docker-compose", found.is_some()).then(|| found.expect("checked"))
-}
-
-/// `sha256:...` from the `<tag>: digest: sha256:... size: N` line of `docker push`.
-fn pushed_digest(push: &Output) -> String {
-    let text = push.stdout_text();
-    text.split_whitespace()
-        .skip_while(|w| *w != "digest:")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no digest in docker push output:\n{text}"))
-        .to_string()
 }
 
 /// One compose project of `deploy/docker-compose.yml` and the images the test made; all of it

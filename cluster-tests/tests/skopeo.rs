@@ -4,32 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use cluster_tests::Node;
 use cluster_tests::client::Registry;
+use cluster_tests::clients::{SKOPEO_TIMEOUT, must_skopeo_copy};
 use cluster_tests::oci::{self, Descriptor, Layer, Layout, Tar};
 use cluster_tests::tools::{must_run, require_tool};
-
-const SKOPEO_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// `skopeo copy` that keeps every manifest as is (`--preserve-digests` fails rather than
-/// convert) and talks plain HTTP to the node.
-fn must_copy(skopeo: &Path, all: bool, src: &str, dst: &str) {
-    let mut cmd = Command::new(skopeo);
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--preserve-digests",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-    ]);
-    if all {
-        cmd.arg("--all");
-    }
-    cmd.args([src, dst]);
-    must_run(&mut cmd, SKOPEO_TIMEOUT);
-}
 
 /// `skopeo inspect --raw`: the manifest bytes as the registry serves them.
 fn must_inspect_raw(skopeo: &Path, reference: &str) -> Vec<u8> {
@@ -111,7 +91,7 @@ fn skopeo_copies_a_multi_layer_image_in_and_out_byte_for_byte() {
     src.set_refs(&[("v1", &manifest)]);
 
     let remote = format!("docker://{}/skopeo/image:v1", node.host());
-    must_copy(
+    must_skopeo_copy(
         &skopeo,
         false,
         &format!("oci:{}:v1", src.root().display()),
@@ -119,7 +99,7 @@ fn skopeo_copies_a_multi_layer_image_in_and_out_byte_for_byte() {
     );
 
     let dst = Layout::create(&work.path().join("dst"));
-    must_copy(
+    must_skopeo_copy(
         &skopeo,
         false,
         &remote,
@@ -182,7 +162,7 @@ fn skopeo_copies_a_multi_platform_index_in_and_out_byte_for_byte() {
     src.set_refs(&[("multi", &index)]);
 
     let remote = format!("docker://{}/skopeo/multi:multi", node.host());
-    must_copy(
+    must_skopeo_copy(
         &skopeo,
         true,
         &format!("oci:{}:multi", src.root().display()),
@@ -190,7 +170,7 @@ fn skopeo_copies_a_multi_platform_index_in_and_out_byte_for_byte() {
     );
 
     let dst = Layout::create(&work.path().join("dst"));
-    must_copy(
+    must_skopeo_copy(
         &skopeo,
         true,
         &remote,
