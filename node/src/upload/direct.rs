@@ -75,13 +75,8 @@ impl<'f> DirectWriter<'f> {
 
     /// Append `data`.
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
-        if self.direct.is_none() {
-            self.file.write_all_at(data, self.pos)?;
-            self.pos += data.len() as u64;
-            return Ok(());
-        }
         // The head: through the page cache up to the first block boundary.
-        if self.len == 0 && !(self.pos as usize).is_multiple_of(ALIGN) {
+        if self.direct.is_some() && self.len == 0 && !(self.pos as usize).is_multiple_of(ALIGN) {
             let to_boundary = ALIGN - (self.pos as usize % ALIGN);
             let n = to_boundary.min(data.len());
             self.file.write_all_at(&data[..n], self.pos)?;
@@ -89,6 +84,13 @@ impl<'f> DirectWriter<'f> {
             data = &data[n..];
         }
         while !data.is_empty() {
+            // Without direct writes (from the start, or since one was refused, which drained
+            // the buffer) the rest goes through the page cache at once.
+            if self.direct.is_none() {
+                self.file.write_all_at(data, self.pos)?;
+                self.pos += data.len() as u64;
+                return Ok(());
+            }
             let n = (BUFFER - self.len).min(data.len());
             let at = self.buf_at + self.len;
             self.mem[at..at + n].copy_from_slice(&data[..n]);
@@ -221,6 +223,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_without_losing_or_moving_a_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refused");
+        let data = pattern(3 * BUFFER + 12_345, 9);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut w = DirectWriter::new(&file, &path, 0);
+        let direct = w.direct.is_some();
+        if direct {
+            // A buffer off its alignment by one byte: the kernel refuses the direct write with
+            // EINVAL, as a filesystem that accepts O_DIRECT at open but not for writes does.
+            w.mem = vec![0; BUFFER + ALIGN + 1];
+            w.buf_at = w.mem.as_ptr().align_offset(ALIGN) + 1;
+        }
+        // One write of more than two buffers: the refusal comes in the middle of it.
+        w.write(&data[..2 * BUFFER + 100]).unwrap();
+        assert!(w.direct.is_none(), "the refused descriptor is given up");
+        w.write(&data[2 * BUFFER + 100..]).unwrap();
+        w.finish().unwrap();
+        file.sync_data().unwrap();
+        eprintln!("O_DIRECT under {}: {direct}", dir.path().display());
+        assert!(std::fs::read(&path).unwrap() == data);
     }
 
     #[test]
