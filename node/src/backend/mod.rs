@@ -329,19 +329,17 @@ impl Backend {
 
     fn fetch_part(&self, source: &Source, part: Option<(u64, u64)>) -> mpsc::Receiver<Result<Bytes, String>> {
         let (tx, rx) = mpsc::channel(FETCH_CHANNEL);
-        let (request, what) = match (source, part) {
-            (Source::Get(url), None) => (self.client.get(url), url.clone()),
-            (Source::Get(url), Some((offset, len))) => (
-                self.client
-                    .get(url)
-                    .header("Range", format!("bytes={offset}-{}", offset + len.max(1) - 1)),
-                url.clone(),
-            ),
-            (Source::Post(url), None) => (self.client.post(url), url.clone()),
-            (Source::Post(url), Some((offset, len))) => (
-                self.client.post(format!("{url}&offset={offset}&length={len}")),
-                url.clone(),
-            ),
+        let what = source.to_string();
+        let request = match (source, part) {
+            (Source::Get(url), None) => self.client.get(url),
+            (Source::Get(url), Some((offset, len))) => self
+                .client
+                .get(url)
+                .header("Range", format!("bytes={offset}-{}", offset + len.max(1) - 1)),
+            (Source::Post(url), None) => self.client.post(url),
+            (Source::Post(url), Some((offset, len))) => {
+                self.client.post(format!("{url}&offset={offset}&length={len}"))
+            }
         };
         self.runtime.spawn(async move {
             let resp = match request.timeout(TRANSFER_TIMEOUT).send().await {

@@ -27,12 +27,31 @@ pub async fn copy_here(
     if store.stat(digest).map_err(|e| e.to_string())? == Some(size) {
         return Ok(());
     }
+    let path = format!("/cluster/blobs/{digest}");
+    store_from_first(store, digest, Some(size), sources, |source| {
+        transfers.fetch(source, &path, 0, size)
+    })
+    .await
+}
+
+/// Store a verified copy of `digest` from the first of `sources` whose bytes hash to it;
+/// `fetch` opens a source's stream. Answers the last source's error when none did.
+pub async fn store_from_first<S: std::fmt::Display>(
+    store: &FsStore,
+    digest: &Digest,
+    size: Option<u64>,
+    sources: impl IntoIterator<Item = S>,
+    fetch: impl Fn(&S) -> tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+) -> Result<(), String> {
     let mut last_error = String::from("no source");
     for source in sources {
-        let fetched = transfers.fetch(source, &format!("/cluster/blobs/{digest}"), 0, size);
-        match store_verified(store, digest, Some(size), fetched, source).await {
+        let from = source.to_string();
+        match store_verified(store, digest, size, fetch(&source), &from).await {
             Ok(()) => return Ok(()),
-            Err(e) => last_error = e,
+            Err(e) => {
+                tracing::warn!(%digest, source = %from, error = %e, "could not store a copy from this source");
+                last_error = e;
+            }
         }
     }
     Err(last_error)

@@ -64,10 +64,11 @@ impl Tx<'_> {
     /// was about to drop) has it pinned again.
     fn link(&self, repo: &RepoName, digest: &Digest) -> io::Result<()> {
         let d = digest.to_string();
-        if self.has(REPO_BLOBS, &key(&[repo.as_str(), &d]))? {
+        let link = key(&[repo.as_str(), &d]);
+        if self.has(REPO_BLOBS, &link)? {
             return Ok(());
         }
-        self.put(REPO_BLOBS, &key(&[repo.as_str(), &d]), &[])?;
+        self.put(REPO_BLOBS, &link, &[])?;
         let links = self.links(&d)? + 1;
         self.put(BLOB_LINKS, &d, &links.to_le_bytes())?;
         if links == 1

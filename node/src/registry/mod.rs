@@ -352,33 +352,18 @@ impl Registry {
                 });
         }
         // Each of the backend's sources in turn, until one serves bytes matching the digest.
-        let mut last_error = String::from("the backend has no source for it");
-        let mut restored = false;
-        for source in backend.sources(&ipfs.cid) {
-            let fetched = backend.fetch(&source);
-            let from = source.to_string();
-            match crate::cluster::repair::store_verified(
-                &self.store,
-                digest,
-                Some(record.size),
-                fetched,
-                &from,
-            )
-            .await
-            {
-                Ok(()) => {
-                    restored = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(%digest, source = %from, error = %e, "could not restore a blob from this source");
-                    last_error = e;
-                }
-            }
-        }
-        if !restored {
+        let sources = backend.sources(&ipfs.cid);
+        let restored = crate::cluster::repair::store_from_first(
+            &self.store,
+            digest,
+            Some(record.size),
+            sources,
+            |source| backend.fetch(source),
+        )
+        .await;
+        if let Err(e) = restored {
             return Err(unavailable(format!(
-                "no holder of {digest} answered ({peer_error}); the backend: {last_error}"
+                "no holder of {digest} answered ({peer_error}); the backend: {e}"
             )));
         }
         tracing::info!(%digest, cid = %ipfs.cid, "restored a blob from the backend");
