@@ -24,8 +24,14 @@ pub struct Cluster {
 
 /// `GET <cluster url>/cluster/status` with the cluster secret.
 pub fn status_of(cluster_url: &str) -> Result<ClusterStatus, String> {
+    status_within(cluster_url, Duration::from_secs(5))
+}
+
+/// [`status_of`], giving up after `timeout` (a paused node never answers).
+pub fn status_within(cluster_url: &str, timeout: Duration) -> Result<ClusterStatus, String> {
     let resp = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .timeout(timeout)
         .build()
         .map_err(|e| e.to_string())?
         .get(format!("{cluster_url}/cluster/status"))

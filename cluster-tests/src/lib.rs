@@ -3,10 +3,13 @@
 //!
 //! - [`node`]: start, wait for, `kill -9` and restart a node process; its log is printed when
 //!   a test fails.
+//! - [`process`]: a node process however launched: signals, log, readiness, kept on failure.
 //! - [`bench`]: what the benchmark binaries share (a big blob, timed pushes and pulls).
 //! - [`cluster`]: several nodes forming one cluster (joining through a member), waits on the
 //!   cluster's status, and haproxy in front of them.
 //! - [`emulator`]: the Estuary / Kubo RPC emulator as a process that fails on demand.
+//! - [`jepsen`]: concurrent clients and a nemesis of pauses, kills and partitions; histories checked.
+//! - [`linearizability`]: a checker of register histories (Wing & Gong with Lowe's memoization).
 //! - [`netns`]: nodes each in its own network namespace, so that one can be partitioned off.
 //! - [`tools`]: require an external tool; skip the test locally, fail loudly under `CI=true`.
 //! - [`oci`]: build and read OCI image layouts on disk (tar and gzip layers, configs,
@@ -26,10 +29,13 @@ pub mod client;
 pub mod clients;
 pub mod cluster;
 pub mod emulator;
+pub mod jepsen;
+pub mod linearizability;
 pub mod netns;
 pub mod node;
 pub mod oci;
 pub mod peer;
+pub mod process;
 pub mod pushes;
 pub mod tools;
 

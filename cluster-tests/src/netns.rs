@@ -16,16 +16,13 @@
 //! for the other nodes' addresses, both directions, so packets vanish (peers see timeouts, as
 //! in a real partition) while the test's address, 10.77.K.254, still gets through.
 //!
-//! [`NetLab`] removes its links and namespaces when dropped, on failure too; [`NsNode`] kills
-//! its process when dropped and prints its log when the test is failing, like
-//! [`crate::Node`]. [`NsCluster`] drops its nodes before its lab. Needs root, `ip` (iproute2)
+//! [`NetLab`] removes its links and namespaces when dropped, on failure too; [`NsNode`] is a
+//! [`Process`] like [`crate::Node`]: killed when dropped, its log printed when the test fails. [`NsCluster`] drops its nodes before its lab. Needs root, `ip` (iproute2)
 //! and `iptables`; [`require_netns`] skips the test locally, and fails it under `CI=true`.
 //! Only the test binaries under `tests/` call this module.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +31,7 @@ use ipcr_proto::admin::ClusterStatus;
 
 use crate::cluster::{CLUSTER_TIMEOUT, status_of};
 use crate::node::{CLUSTER_SECRET, READY_TIMEOUT, node_binary};
+use crate::process::Process;
 use crate::tools;
 
 /// The registry port every node listens on, inside its own namespace.
@@ -43,8 +41,6 @@ pub const CLUSTER_PORT: u16 = 5001;
 
 /// How long one `ip`/`iptables` command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
-/// Lines of a node's log printed when a test fails.
-const LOG_TAIL_LINES: usize = 300;
 /// Interval between two polls of a node's status.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -247,39 +243,26 @@ impl Drop for NetLab {
 
 /// One `ipcr-node` process in a namespace of a [`NetLab`], bound to its namespace address.
 pub struct NsNode {
-    name: String,
+    process: Process,
     namespace: String,
     ip: String,
     bin: PathBuf,
-    /// `None` only after `Drop` decided to keep it.
-    dir: Option<tempfile::TempDir>,
-    child: Option<Child>,
-    starts: u32,
     env: Vec<(String, String)>,
 }
 
 impl NsNode {
-    /// Start node `i` of `lab` (joining through `join`, a cluster URL, when given) and wait
-    /// until it is ready.
-    pub fn start(lab: &NetLab, i: usize, join: Option<&str>) -> NsNode {
-        let name = format!("node{i}");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ipcr-ns-{name}-"))
-            .tempdir()
-            .expect("creating the node's temporary directory");
-        std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
-        let mut env = Vec::new();
+    /// Start node `i` of `lab` (joining through `join`, a cluster URL, when given), with extra
+    /// `REGISTRY_*` overrides, and wait until it is ready.
+    pub fn start(lab: &NetLab, i: usize, join: Option<&str>, extra: &[(String, String)]) -> NsNode {
+        let mut env = extra.to_vec();
         if let Some(join) = join {
             env.push(("REGISTRY_CLUSTER_JOIN".to_string(), join.to_string()));
         }
         let mut node = NsNode {
-            name,
+            process: Process::new(&format!("node{i}"), "ipcr-ns-"),
             namespace: lab.namespace(i).to_string(),
             ip: lab.ip(i),
             bin: node_binary(),
-            dir: Some(dir),
-            child: None,
-            starts: 0,
             env,
         };
         node.spawn();
@@ -289,7 +272,7 @@ impl NsNode {
 
     /// The node's name in messages.
     pub fn name(&self) -> &str {
-        &self.name
+        self.process.name()
     }
 
     /// `<ip>:5000`, the registry host.
@@ -307,145 +290,69 @@ impl NsNode {
         format!("http://{}:{CLUSTER_PORT}", self.ip)
     }
 
-    fn root(&self) -> &Path {
-        self.dir.as_ref().expect("the node's directory").path()
-    }
-
     /// The log file: stdout and stderr of every start, appended.
     pub fn log_path(&self) -> PathBuf {
-        self.root().join("node.log")
+        self.process.log_path()
     }
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
+        self.process.log()
     }
 
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.is_running()
+    }
+
+    /// The process, for signals (`pause`, `resume`, `kill9`) and its directory.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the node's log file");
-        writeln!(
-            log,
-            "==== cluster-tests: start #{} of {} in {} on {} ====",
-            self.starts,
-            self.name,
-            self.namespace,
-            self.host()
-        )
-        .expect("writing the node's log file");
         // `ip netns exec` execs the node in place: the child's pid is the node's.
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace])
             .arg(&self.bin)
             .arg("serve")
-            .current_dir(self.root())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file handle"))
-            .stderr(log);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("REGISTRY_HTTP_ADDR", self.host())
+            .env("REGISTRY_HTTP_ADDR", self.host())
             .env("REGISTRY_CLUSTER_ADDR", format!("{}:{CLUSTER_PORT}", self.ip))
             .env("REGISTRY_CLUSTER_ADVERTISE", self.cluster_url())
             .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
             .env(
                 "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-                self.root().join("data"),
+                self.process.data_dir(),
             )
             .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
             .env("REGISTRY_LOG_LEVEL", "info")
-            // The same fast elections as `Node`.
+            // The same fast elections as `Node`, unless the test asks for others.
             .env("REGISTRY_CLUSTER_HEARTBEAT", "100ms")
             .env("REGISTRY_CLUSTER_ELECTION_TIMEOUT", "300ms");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} in {}: {e}", self.name, self.namespace));
-        self.child = Some(child);
+        let place = format!("in {} on {}", self.namespace, self.host());
+        self.process.spawn(cmd, &place);
     }
 
     /// Wait until `GET /ready` answers 200; panics when the process exits first or `timeout`
     /// passes.
     pub fn wait_ready(&mut self, timeout: Duration) {
-        let http = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
-        let url = format!("{}/ready", self.base_url());
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .unwrap_or_else(|| panic!("{} is not running", self.name));
-            if let Some(status) = child.try_wait().expect("polling the node process") {
-                self.child = None;
-                panic!("{} exited with {status} before it was ready", self.name);
-            }
-            let last = match http.get(&url).send() {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => return,
-                Ok(r) => format!("status {}", r.status()),
-                Err(e) => format!("error: {e}"),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready after {timeout:?}; last /ready: {last}",
-                self.name
-            );
-            std::thread::sleep(POLL);
-        }
+        let base = self.base_url();
+        self.process.wait_ready(&base, timeout);
+    }
+
+    /// `kill -9` the process (if it runs) and start it again on the same data, without
+    /// waiting for it to be ready.
+    pub fn restart_nowait(&mut self) {
+        self.process.ensure_stopped();
+        self.spawn();
     }
 
     /// The status as this node sees it.
     pub fn status(&self) -> Result<ClusterStatus, String> {
         status_of(&self.cluster_url())
-    }
-}
-
-impl Drop for NsNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
-            eprintln!(
-                "---- {} log ({}), last {} of {} lines ----",
-                self.name,
-                self.log_path().display(),
-                lines.len() - from,
-                lines.len()
-            );
-            for line in &lines[from..] {
-                eprintln!("{line}");
-            }
-            eprintln!("---- end of {} log ----", self.name);
-            if let Some(dir) = self.dir.take() {
-                eprintln!("kept {}'s data and log in {}", self.name, dir.keep().display());
-            }
-        }
     }
 }
 
@@ -462,15 +369,21 @@ impl NsCluster {
     /// Start `n` namespaced nodes (node 0 bootstraps, the others join through it) and wait
     /// until all agree on a leader with `n` voters.
     pub fn start(n: usize) -> NsCluster {
+        Self::start_with_env(n, &[])
+    }
+
+    /// Like [`NsCluster::start`], with extra `REGISTRY_*` overrides for every node.
+    pub fn start_with_env(n: usize, env: &[(&str, &str)]) -> NsCluster {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lab = NetLab::create(n);
         let mut cluster = NsCluster {
             nodes: Vec::new(),
             lab,
         };
-        cluster.nodes.push(NsNode::start(&cluster.lab, 0, None));
+        cluster.nodes.push(NsNode::start(&cluster.lab, 0, None, &env));
         let join = cluster.nodes[0].cluster_url();
         for i in 1..n {
-            let node = NsNode::start(&cluster.lab, i, Some(&join));
+            let node = NsNode::start(&cluster.lab, i, Some(&join), &env);
             cluster.nodes.push(node);
         }
         let all: Vec<usize> = (0..n).collect();

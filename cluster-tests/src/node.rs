@@ -2,36 +2,24 @@
 //! temporary data directory and log file, readiness through its own `/ready`, `kill -9` and
 //! restart on the same data directory.
 //!
-//! The process is killed when the [`Node`] is dropped, on success and on failure alike. When
-//! the test is failing (the thread is panicking) the tail of the node's log is printed and its
-//! directory is kept, so that the whole log and the data can be read afterwards.
+//! The process itself (signals, log, directory kept on failure) is a [`Process`].
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::Process;
 
 /// How long a node may take from spawn to `/ready` (a restart replays its Raft log).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Lines of the log printed when a test fails (the whole file is kept on disk).
-const LOG_TAIL_LINES: usize = 300;
-
-/// Interval between two `/ready` probes.
-const READY_POLL: Duration = Duration::from_millis(20);
-
 /// A running (or killed) node process and everything it owns on disk.
 pub struct Node {
-    name: String,
+    process: Process,
     bin: PathBuf,
-    /// `None` only after `Drop` decided to keep it.
-    dir: Option<tempfile::TempDir>,
     port: u16,
     cluster_port: u16,
-    child: Option<Child>,
-    starts: u32,
     extra_env: Vec<(String, String)>,
 }
 
@@ -43,19 +31,11 @@ impl Node {
 
     /// A node with a fresh directory and ports, not running yet.
     fn unstarted(name: &str, env: &[(&str, &str)]) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ipcr-{name}-"))
-            .tempdir()
-            .expect("creating the node's temporary directory");
-        std::fs::create_dir(dir.path().join("data")).expect("creating the data directory");
         Node {
-            name: name.to_string(),
+            process: Process::new(name, "ipcr-"),
             bin: node_binary(),
-            dir: Some(dir),
             port: free_port(),
             cluster_port: free_port(),
-            child: None,
-            starts: 0,
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
@@ -70,7 +50,7 @@ impl Node {
 
     /// The node's name in messages.
     pub fn name(&self) -> &str {
-        &self.name
+        self.process.name()
     }
 
     /// Its port on 127.0.0.1.
@@ -93,62 +73,35 @@ impl Node {
         format!("http://{}", self.host())
     }
 
-    fn root(&self) -> &Path {
-        self.dir.as_ref().expect("the node's directory").path()
-    }
-
     /// The data directory (`storage.filesystem.rootdirectory`).
     pub fn data_dir(&self) -> PathBuf {
-        self.root().join("data")
+        self.process.data_dir()
     }
 
     /// The log file: stdout and stderr of every start, appended.
     pub fn log_path(&self) -> PathBuf {
-        self.root().join("node.log")
+        self.process.log_path()
     }
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
+        self.process.log()
     }
 
     /// Whether the process is running (it has not exited or been killed).
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.is_running()
+    }
+
+    /// The process, for signals (`pause`, `resume`) and its directory.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 
     fn spawn(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        self.starts += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the node's log file");
-        writeln!(
-            log,
-            "==== cluster-tests: start #{} of {} on {} ====",
-            self.starts,
-            self.name,
-            self.host()
-        )
-        .expect("writing the node's log file");
         let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
-            .current_dir(self.root())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file handle"))
-            .stderr(log);
-        // The node rejects unknown REGISTRY_* keys: the test's own environment must not leak in.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("REGISTRY_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env("REGISTRY_HTTP_ADDR", self.host())
+            .env("REGISTRY_HTTP_ADDR", self.host())
             .env(
                 "REGISTRY_CLUSTER_ADDR",
                 format!("127.0.0.1:{}", self.cluster_port),
@@ -163,96 +116,28 @@ impl Node {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {} ({}): {e}", self.name, self.bin.display()));
-        self.child = Some(child);
+        let place = format!("on {}", self.host());
+        self.process.spawn(cmd, &place);
     }
 
     /// Wait until `GET /ready` answers 200. Panics (and so prints the log) when the process
     /// exits first or `timeout` passes.
     pub fn wait_ready(&mut self, timeout: Duration) {
-        let http = reqwest::blocking::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("http client");
-        let url = format!("{}/ready", self.base_url());
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .unwrap_or_else(|| panic!("{} is not running", self.name));
-            if let Some(status) = child.try_wait().expect("polling the node process") {
-                self.child = None;
-                panic!("{} exited with {status} before it was ready", self.name);
-            }
-            let last = match http.get(&url).send() {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => return,
-                Ok(r) => format!("status {}", r.status()),
-                Err(e) => format!("error: {e}"),
-            };
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready after {timeout:?}; last /ready: {last}",
-                self.name
-            );
-            std::thread::sleep(READY_POLL);
-        }
+        let base = self.base_url();
+        self.process.wait_ready(&base, timeout);
     }
 
     /// `kill -9` the process and reap it. Everything not on disk is lost.
     pub fn kill9(&mut self) {
-        let mut child = self
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("{} is not running", self.name));
-        // std's Child::kill is SIGKILL on Unix: no shutdown path runs.
-        child.kill().expect("sending SIGKILL to the node");
-        child.wait().expect("reaping the node");
-        let mut log = OpenOptions::new().append(true).open(self.log_path()).ok();
-        if let Some(log) = log.as_mut() {
-            let _ = writeln!(log, "==== cluster-tests: SIGKILL sent to {} ====", self.name);
-        }
+        self.process.kill9();
     }
 
     /// Start the process again on the same data directory and port, and wait until ready.
     /// Kills it first when it is still running.
     pub fn restart(&mut self) {
-        if self.child.is_some() {
-            self.kill9();
-        }
+        self.process.ensure_stopped();
         self.spawn();
         self.wait_ready(READY_TIMEOUT);
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
-            eprintln!(
-                "---- {} log ({}), last {} of {} lines ----",
-                self.name,
-                self.log_path().display(),
-                lines.len() - from,
-                lines.len()
-            );
-            for line in &lines[from..] {
-                eprintln!("{line}");
-            }
-            eprintln!("---- end of {} log ----", self.name);
-            if let Some(dir) = self.dir.take() {
-                eprintln!("kept {}'s data and log in {}", self.name, dir.keep().display());
-            }
-        }
     }
 }
 
@@ -338,44 +223,12 @@ impl Node {
     /// Send SIGTERM: the node stops accepting connections and finishes the requests in
     /// flight before it exits. Returns at once; [`Node::wait_exit`] waits for the exit.
     pub fn sigterm(&mut self) {
-        let pid = self
-            .child
-            .as_ref()
-            .unwrap_or_else(|| panic!("{} is not running", self.name))
-            .id();
-        let mut log = OpenOptions::new().append(true).open(self.log_path()).ok();
-        if let Some(log) = log.as_mut() {
-            let _ = writeln!(log, "==== cluster-tests: SIGTERM sent to {} ====", self.name);
-        }
-        crate::tools::must_run(
-            Command::new("kill").args(["-TERM", &pid.to_string()]),
-            Duration::from_secs(10),
-        );
+        self.process.signal("TERM");
     }
 
     /// Wait until the process exits by itself (after [`Node::sigterm`]) and reap it; panics
     /// after `timeout`. [`Node::restart`] starts it again.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self
-            .child
-            .as_mut()
-            .unwrap_or_else(|| panic!("{} is not running", self.name));
-        loop {
-            if let Some(status) = child.try_wait().expect("polling the node process") {
-                self.child = None;
-                let mut log = OpenOptions::new().append(true).open(self.log_path()).ok();
-                if let Some(log) = log.as_mut() {
-                    let _ = writeln!(log, "==== cluster-tests: {} exited with {status} ====", self.name);
-                }
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running {timeout:?} after SIGTERM",
-                self.name
-            );
-            std::thread::sleep(READY_POLL);
-        }
+        self.process.wait_exit(timeout)
     }
 }
