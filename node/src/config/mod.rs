@@ -212,6 +212,18 @@ impl Config {
         if self.http.workers == Some(0) {
             return Err(ConfigError::Invalid("http.workers must be at least 1".into()));
         }
+        if self.http.bodytimeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "http.bodytimeout must be longer than 0s".into(),
+            ));
+        }
+        if self.cluster.heartbeat.0.is_zero()
+            || self.cluster.election_timeout.0 < self.cluster.heartbeat.0 * 2
+        {
+            return Err(ConfigError::Invalid(
+                "cluster.election-timeout must be at least twice cluster.heartbeat".into(),
+            ));
+        }
         // The local disk is always the first tier (`filesystem`, or the backend section's own
         // `rootdirectory`); at most one IPFS backend goes behind it.
         if self.storage.estuary.is_some() && self.storage.ipfs.is_some() {

@@ -223,6 +223,11 @@ pub struct HttpConfig {
     pub headers: BTreeMap<String, Vec<String>>,
     /// Threads serving the registry port; none means one per CPU core.
     pub workers: Option<usize>,
+    /// After `SIGTERM`, how long requests in flight may take to finish before the node exits.
+    pub draintimeout: GoDuration,
+    /// A request body that delivers less than 16 KiB (and does not end) within this time is
+    /// cut off, its chunk discarded as if it never started.
+    pub bodytimeout: GoDuration,
 }
 
 impl Default for HttpConfig {
@@ -232,6 +237,8 @@ impl Default for HttpConfig {
             secret: None,
             headers: BTreeMap::new(),
             workers: None,
+            draintimeout: GoDuration(Duration::from_secs(30)),
+            bodytimeout: GoDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -350,8 +357,8 @@ impl Default for ClusterConfig {
             advertise: None,
             secret: None,
             join: None,
-            heartbeat: GoDuration(Duration::from_millis(500)),
-            election_timeout: GoDuration(Duration::from_millis(1500)),
+            heartbeat: GoDuration(Duration::from_millis(100)),
+            election_timeout: GoDuration(Duration::from_millis(300)),
             snapshot_logs: 5000,
         }
     }

@@ -7,9 +7,10 @@
 
 mod apply;
 pub mod log_store;
-mod membership;
+pub mod membership;
 pub mod network;
 pub mod node;
+mod read;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;

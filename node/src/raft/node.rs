@@ -1,5 +1,6 @@
-//! This node's Raft member: start-up, proposing commands (forwarded to the leader when this
-//! node is a follower), and the read barrier (a read index from the leader).
+//! This node's Raft member: start-up, and proposing commands (forwarded to the leader when this
+//! node is a follower). The read barrier is in [`super::read`], membership in
+//! [`super::membership`].
 //!
 //! openraft runs on its own multi-threaded tokio runtime (the HTTP servers run on actix's
 //! per-worker runtimes); the handle is shared and every openraft task is spawned there.
@@ -7,29 +8,36 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipcr_proto::{Command, CommandResult, NodeId};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError as OpenRaftError};
 use openraft::impls::BasicNode;
-use openraft::type_config::alias::InstantOf;
-use openraft::{Config, Instant as _, RaftMetrics, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::log_store::LogStore;
 use super::network::{CallError, ClusterClient, NetworkFactory};
+use super::read::ReadBarrier;
 use super::state::StateReader;
 use super::state_machine::StateMachine;
 use super::{LogId, Raft, TypeConfig};
 use crate::config::ClusterConfig;
 
-/// How long a write or a read barrier waits for a leader before the client gets `503`.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
-/// Pause between attempts while no leader is known.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Pause between attempts while no leader is known (a new leader refuses writes for one round
+/// trip after its election, so the retry comes soon).
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// How long a write waits for a leader and its commit before the client gets `503`: 2 s, or
+/// three of the longest election timeouts when that is more. A new leader is elected within
+/// about one and a half of them, so a write caught by a failover is retried on the new leader
+/// and still answered in time.
+pub fn write_timeout(cluster: &ClusterConfig) -> Duration {
+    (cluster.election_timeout.0 * 6).max(Duration::from_secs(2))
+}
 
 /// Why a proposal or read barrier failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,38 +61,23 @@ fn paths(data_dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
     ))
 }
 
-/// How long a leader answers reads from its lease after a quorum acknowledged its heartbeat:
-/// the shortest election timeout, half of what openraft's own lease reads allow, so that clocks
-/// running at different rates on the leader and the voters cannot break it.
-fn lease(cluster: &ClusterConfig) -> Duration {
-    cluster.election_timeout.0
-}
-
-/// Coalesces concurrent linearizable reads: every read that arrives while a read index is being
-/// obtained waits for the next one, so N concurrent reads cost one round, not N, and each read
-/// is still ordered after every write acknowledged before it arrived.
-#[derive(Default)]
-struct ReadBarrier {
-    state: Mutex<BarrierState>,
-}
-
-#[derive(Default)]
-struct BarrierState {
-    running: bool,
-    waiting: Vec<oneshot::Sender<Result<(), String>>>,
-}
-
 /// The node's Raft member. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
     reader: StateReader,
-    barrier: Arc<ReadBarrier>,
+    pub(super) barrier: Arc<ReadBarrier>,
     /// The state machine's last applied log id.
     applied: watch::Receiver<Option<LogId>>,
     /// How long after a quorum acknowledged the leader's heartbeat it answers reads alone.
-    lease: Duration,
+    pub(super) lease: Duration,
+    /// How long a read waits for a read index before the client gets `503`.
+    pub(super) read_timeout: Duration,
+    /// How long a write waits for a leader and its commit before the client gets `503`.
+    write_timeout: Duration,
+    /// Joins this node (as leader) is running, so that a leave can cancel one.
+    pub(super) joins: Arc<super::membership::PendingJoins>,
     runtime: Handle,
     client: ClusterClient,
     snapshot_dir: PathBuf,
@@ -148,7 +141,10 @@ impl RaftNode {
             reader,
             barrier: Arc::default(),
             applied,
-            lease: lease(cluster),
+            lease: super::read::lease(cluster),
+            read_timeout: super::read::read_timeout(cluster),
+            write_timeout: write_timeout(cluster),
+            joins: Arc::default(),
             runtime,
             client,
             snapshot_dir: snap_dir,
@@ -180,6 +176,11 @@ impl RaftNode {
             tokio::time::sleep(RETRY_PAUSE).await;
         }
         false
+    }
+
+    /// How long a write waits for a leader and its commit.
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
     }
 
     /// This node's id.
@@ -241,7 +242,7 @@ impl RaftNode {
     }
 
     /// The current leader and its cluster URL, when known.
-    fn leader(&self) -> Option<(NodeId, String)> {
+    pub(super) fn leader(&self) -> Option<(NodeId, String)> {
         let id = self.metrics().current_leader?;
         Some((id, self.node_url(id)?))
     }
@@ -250,7 +251,7 @@ impl RaftNode {
     /// command is forwarded to the leader; commands are idempotent, so a retry after a lost
     /// answer is safe.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, RaftError> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
+        let deadline = Instant::now() + self.write_timeout;
         let mut last_error = String::from("no leader");
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -275,7 +276,8 @@ impl RaftNode {
             tokio::time::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
         Err(RaftError::Unavailable(format!(
-            "no quorum within {WRITE_TIMEOUT:?}: {last_error}"
+            "no quorum within {:?}: {last_error}",
+            self.write_timeout
         )))
     }
 
@@ -297,7 +299,7 @@ impl RaftNode {
     }
 
     /// Wait until the local state machine has applied `index`.
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), String> {
+    pub(super) async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), String> {
         let mut applied = self.applied.clone();
         let reached = applied.wait_for(|a| a.is_some_and(|a| a.index >= index));
         match tokio::time::timeout_at(deadline.into(), reached).await {
@@ -312,7 +314,7 @@ impl RaftNode {
     pub async fn propose_as_leader(&self, cmd: Command) -> Result<(u64, CommandResult), String> {
         let raft = self.raft.clone();
         let write = self.runtime.spawn(async move { raft.client_write(cmd).await });
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        match tokio::time::timeout(self.write_timeout, write).await {
             Err(_) => Err("no quorum within the write timeout".into()),
             Ok(Err(join)) => Err(join.to_string()),
             Ok(Ok(Ok(resp))) => Ok((resp.log_id.index, resp.data)),
@@ -320,128 +322,7 @@ impl RaftNode {
         }
     }
 
-    /// A read index, on the leader. The leader's lease (no other leader can exist before it
-    /// expires) answers without a round of heartbeats; once it is stale, a quorum confirms.
-    async fn read_index_as_leader(&self) -> Result<u64, String> {
-        let raft = self.raft.clone();
-        let read = self.runtime.spawn(async move {
-            match raft.ensure_linearizable(ReadPolicy::LeaseRead).await {
-                Ok(read) => Ok(read),
-                Err(_) => raft.ensure_linearizable(ReadPolicy::ReadIndex).await,
-            }
-        });
-        match tokio::time::timeout(WRITE_TIMEOUT, read).await {
-            Err(_) => Err("no quorum within the read timeout".into()),
-            Ok(Err(join)) => Err(join.to_string()),
-            Ok(Ok(Ok(read_log_id))) => Ok(read_log_id.index()),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
-        }
-    }
-
-    /// A read index for a follower (the cluster port's `/cluster/read-index`): from the lease
-    /// while it holds, else after the leader's coalesced barrier. Either way everything applied
-    /// here then covers every write acknowledged before the request arrived.
-    pub async fn read_index_for_follower(&self) -> Result<u64, String> {
-        if let Some(index) = self.lease_read_index() {
-            return Ok(index);
-        }
-        if !self.raft.is_leader() {
-            return Err("not the leader".into());
-        }
-        self.read_barrier().await.map_err(|e| e.to_string())?;
-        Ok(self.applied_index())
-    }
-
-    fn applied_index(&self) -> u64 {
-        self.applied.borrow().map(|l| l.index).unwrap_or(0)
-    }
-
-    /// A read index from the leader's lease alone, without a call into openraft: while a quorum
-    /// acknowledged a heartbeat sent less than `lease` ago, no other leader can have been
-    /// elected (a voter grants no vote within an election timeout of hearing from its leader).
-    /// Once this leader has applied an entry of its own term (its first is the no-op that
-    /// commits everything earlier leaders committed) everything acknowledged anywhere is
-    /// applied here: this leader acknowledges a write only after applying it. openraft's
-    /// metrics may lag, which only makes the lease look older or the term look unapplied.
-    fn lease_read_index(&self) -> Option<u64> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
-        if m.state != ServerState::Leader || m.current_leader != Some(self.id) || !m.vote.is_committed() {
-            return None;
-        }
-        let acked = m.last_quorum_acked.as_ref()?.into_inner();
-        if InstantOf::<TypeConfig>::now() >= acked + self.lease {
-            return None;
-        }
-        let applied = (*self.applied.borrow())?;
-        (applied.leader_id.term == m.current_term).then_some(applied.index)
-    }
-
-    /// Wait until the local state reflects every write acknowledged anywhere in the cluster
-    /// before this call. Free when this node is the cluster's only voter and its leader.
-    pub async fn read_barrier(&self) -> Result<(), RaftError> {
-        if self.sole_voter() || self.lease_read_index().is_some() {
-            return Ok(());
-        }
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut s = self.barrier.state.lock().expect("barrier lock");
-            s.waiting.push(tx);
-            !std::mem::replace(&mut s.running, true)
-        };
-        if start {
-            let node = self.clone();
-            self.runtime.spawn(async move { node.drive_barrier().await });
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT + Duration::from_secs(1), rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(RaftError::Unavailable(e)),
-            Ok(Err(_)) => Err(RaftError::Fatal("read barrier dropped".into())),
-            Err(_) => Err(RaftError::Unavailable("read barrier timed out".into())),
-        }
-    }
-
-    async fn drive_barrier(&self) {
-        loop {
-            let waiters = {
-                let mut s = self.barrier.state.lock().expect("barrier lock");
-                if s.waiting.is_empty() {
-                    s.running = false;
-                    return;
-                }
-                std::mem::take(&mut s.waiting)
-            };
-            let result = self.one_read_index().await;
-            for w in waiters {
-                let _ = w.send(result.clone());
-            }
-        }
-    }
-
-    /// Obtain a read index (locally when leading, else from the leader) and wait for it.
-    async fn one_read_index(&self) -> Result<(), String> {
-        let deadline = Instant::now() + WRITE_TIMEOUT;
-        let mut last_error = String::from("no leader");
-        while Instant::now() < deadline {
-            if self.raft.is_leader() {
-                match self.read_index_as_leader().await {
-                    Ok(_) => return Ok(()),
-                    Err(e) => last_error = e,
-                }
-            } else if let Some((_, url)) = self.leader() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match self.client.read_index(&url, left).await {
-                    Ok(Ok(index)) => return self.wait_applied(index, deadline).await,
-                    Ok(Err(e)) => last_error = e,
-                    Err(e) => last_error = e.to_string(),
-                }
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
-        }
-        Err(format!("no read index within {WRITE_TIMEOUT:?}: {last_error}"))
-    }
-
-    fn sole_voter(&self) -> bool {
+    pub(super) fn sole_voter(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         m.current_leader == Some(self.id)

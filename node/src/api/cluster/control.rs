@@ -10,6 +10,7 @@ use ipcr_proto::admin::{JoinRequest, LeaveRequest};
 use serde::Serialize;
 
 use super::{ClusterApi, decoded, encoded};
+use crate::raft::membership::ChangeError;
 use crate::raft::network::ForwardedWrite;
 
 /// How long a membership change may take (a learner catching up from a snapshot).
@@ -35,12 +36,14 @@ async fn on_leader<T: Serialize + Send + 'static>(
     state: &ClusterApi,
     path: &'static str,
     req: T,
-    here: impl Future<Output = Result<(), String>>,
+    here: impl Future<Output = Result<(), ChangeError>>,
 ) -> HttpResponse {
     if state.node.raft().is_leader() {
         return match here.await {
             Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ok": true })),
-            Err(e) => HttpResponse::ServiceUnavailable().body(e),
+            // The request itself cannot succeed: no retry will help.
+            Err(ChangeError::Refused(e)) => HttpResponse::UnprocessableEntity().body(e),
+            Err(ChangeError::Unavailable(e)) => HttpResponse::ServiceUnavailable().body(e),
         };
     }
     let Some(url) = state
@@ -77,7 +80,9 @@ async fn on_leader<T: Serialize + Send + 'static>(
     }
 }
 
-/// `POST /cluster/join`: add a node as learner, then voter once caught up.
+/// `POST /cluster/join`: probe the node, add it as learner, then voter once caught up.
+/// `422` when the node cannot be reached (or is not the node it claims to be) or does not
+/// catch up: the cluster is left as it was.
 pub async fn join(state: web::Data<ClusterApi>, req: web::Json<JoinRequest>) -> HttpResponse {
     let req = req.into_inner();
     tracing::info!(node = req.id, addr = %req.addr, "join requested");
@@ -85,14 +90,21 @@ pub async fn join(state: web::Data<ClusterApi>, req: web::Json<JoinRequest>) -> 
     on_leader(&state, "/cluster/join", req, here).await
 }
 
-/// `POST /cluster/leave`: remove a node.
+/// How long a leader leaving the cluster tries to hand leadership over first.
+const HAND_OFF: Duration = Duration::from_secs(5);
+
+/// `POST /cluster/leave`: remove a node (cancelling its join if one is in progress). A leader
+/// asked to remove itself first hands leadership to another voter, which then removes it.
 pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -> HttpResponse {
     let req = req.into_inner();
     tracing::info!(node = req.id, "leave requested");
+    if req.id == state.node.id() && state.node.raft().is_leader() {
+        state.node.hand_off(HAND_OFF).await;
+    }
     let (repair, node, id) = (state.repair.clone(), state.node.clone(), req.id);
     let here = async move {
         // Every blob it holds first gets enough copies on the nodes that stay.
-        repair.evacuate(id).await?;
+        repair.evacuate(id).await.map_err(ChangeError::Unavailable)?;
         node.remove_member(id).await
     };
     on_leader(&state, "/cluster/leave", req, here).await
