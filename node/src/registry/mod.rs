@@ -1,5 +1,6 @@
 //! The registry's rules: what a manifest push must satisfy, how tags, referrers, mounts and
-//! deletes behave, and which reads need the read barrier.
+//! deletes behave, and which reads need the read barrier (tags, listings, referrers, and any
+//! digest this node does not know yet; a digest it knows is immutable and served as is).
 //!
 //! Called by `api` handlers; calls `raft` (commands and reads), `upload` and `store`. Knows no
 //! HTTP: failures are [`RegistryError`]s that `api/error.rs` maps to OCI codes.
@@ -50,8 +51,8 @@ pub enum Served {
 pub enum BlobBody {
     /// Read here.
     Local(BlobStream),
-    /// Streamed from a holder.
-    Remote(RemoteBlob),
+    /// Streamed from the holders.
+    Remote(Box<RemoteBlob>),
     /// A range read from the IPFS backend, checked leaf by leaf.
     Verified(crate::backend::range::RangeBody),
 }
@@ -154,17 +155,29 @@ impl Registry {
         }
     }
 
-    /// Fetch a manifest by tag or digest (linearizable).
+    /// Fetch a manifest by tag (linearizable) or by digest (from the applied state when this
+    /// node knows it; see [`Registry::blob`]).
     pub async fn manifest(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<ServedManifest, RegistryError> {
-        self.raft.read_barrier().await?;
-        let reader = self.raft.reader();
         let found = match reference {
-            Reference::Tag(tag) => reader.tagged_manifest(repo, tag.as_str())?,
-            Reference::Digest(d) => reader.manifest(repo, d)?.map(|r| (d.clone(), r)),
+            Reference::Tag(tag) => {
+                self.raft.read_barrier().await?;
+                self.raft.reader().tagged_manifest(repo, tag.as_str())?
+            }
+            Reference::Digest(d) => {
+                let known = self.raft.reader().manifest(repo, d)?;
+                let found = match known {
+                    Some(record) => Some(record),
+                    None => {
+                        self.raft.read_barrier().await?;
+                        self.raft.reader().manifest(repo, d)?
+                    }
+                };
+                found.map(|r| (d.clone(), r))
+            }
         };
         found
             .map(|(digest, record)| ServedManifest { digest, record })
@@ -286,8 +299,16 @@ impl Registry {
         Ok(all)
     }
 
-    /// A blob linked into `repo` (linearizable), with its index entry.
+    /// A blob linked into `repo`, with its index entry. Content addressed by digest never
+    /// changes, so a blob this node has applied is answered from its state with no read
+    /// barrier: pulls go on while there is no leader. One that it does not know passes the
+    /// barrier before it is declared unknown, so a pull right after a push through another
+    /// node never gets a stale `404`. (A blob unlinked a moment ago may still be served by a
+    /// node that has not applied the unlink yet.)
     pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord, RegistryError> {
+        if let Some(record) = self.raft.reader().blob(repo, digest)? {
+            return Ok(record);
+        }
         self.raft.read_barrier().await?;
         self.raft
             .reader()
@@ -319,7 +340,7 @@ impl Registry {
         )
         .await;
         let peer_error = match peers {
-            Ok(body) => return Ok(Served::Bytes(BlobBody::Remote(body))),
+            Ok(body) => return Ok(Served::Bytes(BlobBody::Remote(Box::new(body)))),
             Err(e) => e,
         };
         let unavailable = |why: String| RegistryError::Raft(crate::raft::RaftError::Unavailable(why));
