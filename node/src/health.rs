@@ -1,5 +1,5 @@
 //! Storage backend health (`health.storagedriver`): a periodic probe and the state that
-//! `/debug/health` reports.
+//! `/debug/health` reports; and whether the node is draining (stopping), which `/ready` reports.
 //!
 //! The probe writes, fsyncs, reads back and removes a small file in the data directory, and,
 //! when an IPFS backend is configured, makes an authenticated call to it. Each check is
@@ -18,6 +18,7 @@ use crate::config::StorageDriverHealthConfig;
 #[derive(Clone)]
 pub struct Health {
     inner: Arc<Mutex<Checks>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Checks {
@@ -78,7 +79,18 @@ impl Health {
                 disk: Check::new("filesystem", threshold),
                 backend: backend.map(|b| Check::new(b, threshold)),
             })),
+            draining: Arc::default(),
         }
+    }
+
+    /// The node is stopping: load balancers should send it nothing new.
+    pub fn set_draining(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the node is stopping.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Record one probe of the disk.

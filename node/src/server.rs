@@ -189,17 +189,26 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let state = web::Data::new(ApiState {
         registry: parts.registry.clone(),
         health: parts.health.clone(),
+        body_timeout: config.http.bodytimeout.0,
     });
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
     let mut server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
         // A write buffer the size of one blob read lets actix reuse it for every chunk of a
         // pull instead of reallocating (and page-faulting) a buffer per chunk.
-        .h1_write_buffer_size(crate::store::read::READ_CHUNK);
+        .h1_write_buffer_size(crate::store::read::READ_CHUNK)
+        // Signals are ours (`stop_on_signal`): leadership is handed off before the drain.
+        .disable_signals()
+        .shutdown_timeout(config.http.draintimeout.0.as_secs());
     if let Some(n) = config.http.workers {
         server = server.workers(n);
     }
     let server = server.bind(addr)?.run();
+    actix_web::rt::spawn(stop_on_signal(
+        server.handle(),
+        parts.raft.clone(),
+        parts.health.clone(),
+    ));
     tracing::info!(%addr, "listening");
     let cluster_addr = config.cluster.socket_addr().map_err(io::Error::other)?;
     let repair = Repair::new(
@@ -235,9 +244,8 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         repair: repair.clone(),
         pinner,
     });
-    // Only the registry server reacts to SIGTERM: it finishes in-flight requests, then the
-    // cluster port is stopped. Two servers handling signals each would stop the whole actix
-    // system as soon as the first one was done, cutting off pulls still streaming.
+    // The cluster port stays up until the registry server has finished its in-flight
+    // requests: they may need the cluster (forwarded writes, read indexes, peer reads).
     let cluster_server = HttpServer::new(move || api::cluster::app(cluster_state.clone()))
         .workers(2)
         .disable_signals()
@@ -254,6 +262,36 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let _ = cluster_task.await;
     parts.raft.shutdown().await;
     result
+}
+
+/// How long a stopping leader tries to hand leadership over before it drains anyway.
+const HAND_OFF: Duration = Duration::from_secs(5);
+
+/// On `SIGTERM` or `SIGINT`: report unready, hand leadership to a caught-up voter (writes
+/// stall for one hand-off, not an election), then stop accepting connections and let the
+/// requests in flight finish (`http.draintimeout`). A second signal stops at once.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle, raft: RaftNode, health: Health) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; the node stops only when killed");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping: handing leadership over, then draining requests in flight");
+    health.set_draining();
+    if !raft.hand_off(HAND_OFF).await {
+        tracing::warn!("leadership not handed over; the others elect a leader after the election timeout");
+    }
+    let graceful = server.stop(true);
+    tokio::select! {
+        () = graceful => {}
+        _ = term.recv() => server.stop(false).await,
+        _ = int.recv() => server.stop(false).await,
+    }
 }
 
 /// How often the leader looks for under-replicated blobs.
@@ -274,7 +312,9 @@ fn spawn_repair(node: RaftNode, repair: Repair) {
 }
 
 /// A node with no Raft state and a join target asks the cluster to add it, retrying until a
-/// member answers (the cluster may still be starting). A node that already is a member skips.
+/// member answers (the cluster may still be starting). A node that already is a member skips;
+/// a refusal that no retry can change (`422`: this node cannot be reached at its advertised
+/// address, or did not catch up, or a leave cancelled the join) ends the attempts.
 fn spawn_join(parts: &NodeParts, target: String) {
     let (node, addr) = (parts.raft.clone(), parts.advertise.clone());
     parts.raft.runtime().clone().spawn(async move {
@@ -297,6 +337,11 @@ fn spawn_join(parts: &NodeParts, target: String) {
             match sent {
                 Ok(r) if r.status().is_success() => {
                     tracing::info!(%url, "joined the cluster");
+                    return;
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY => {
+                    let text = r.text().await.unwrap_or_default();
+                    tracing::error!(%url, %text, "join refused; not retrying (fix the cause, then restart this node)");
                     return;
                 }
                 Ok(r) => {

@@ -1,9 +1,14 @@
 //! Request bodies and the headers that describe them.
 //!
 //! Blob bodies are forwarded chunk by chunk through a bounded channel to the blocking writer,
-//! never collected; only manifests (at most 4 MiB) are read whole.
+//! never collected; only manifests (at most 4 MiB) are read whole. Every body is a
+//! [`RequestBody`]: one that stalls (`http.bodytimeout`) ends with an error, so a client that
+//! stops sending, or trickles a byte a second, cannot hold an upload or a connection forever.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -16,6 +21,73 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use crate::upload::session::ChunkInfo;
 use crate::upload::writer::{BODY_CHANNEL, Body};
+
+/// A body must deliver this many bytes (or end) within each `http.bodytimeout`.
+pub const BODY_PROGRESS: usize = 16 << 10;
+
+/// A request's body, cut off with an error when it stalls: when fewer than [`BODY_PROGRESS`]
+/// bytes arrive within the timeout and the body has not ended.
+pub struct RequestBody {
+    inner: web::Payload,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    since: usize,
+    done: bool,
+}
+
+impl RequestBody {
+    /// Watch `payload`, allowing `timeout` for each [`BODY_PROGRESS`] bytes.
+    pub fn new(payload: web::Payload, timeout: Duration) -> RequestBody {
+        RequestBody {
+            inner: payload,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            since: 0,
+            done: false,
+        }
+    }
+}
+
+impl futures::Stream for RequestBody {
+    type Item = Result<Bytes, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                this.since += bytes.len();
+                if this.since >= BODY_PROGRESS {
+                    this.since = 0;
+                    let next = tokio::time::Instant::now() + this.timeout;
+                    this.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e.to_string())))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.done = true;
+                    tracing::info!(timeout = ?this.timeout, "request body stalled; cut off");
+                    Poll::Ready(Some(Err(format!(
+                        "request body stalled: less than {BODY_PROGRESS} bytes in {:?}",
+                        this.timeout
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
 
 /// Run `op` with the request body as a [`Body`] while this task pumps the payload into it.
 /// If `op` stops reading early (an error before the body), the pump stops too.
@@ -42,7 +114,7 @@ where
 }
 
 /// Read a whole body of at most `limit` bytes; `None` when it is longer.
-pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Option<Bytes>, ApiError> {
+pub async fn read_limited(mut payload: RequestBody, limit: usize) -> Result<Option<Bytes>, ApiError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =

@@ -1,7 +1,7 @@
 //! Manifest handlers: `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse};
 use ipcr_proto::manifest::MAX_MANIFEST_SIZE;
 use ipcr_proto::{ErrorCode, Reference, RepoName, Tag, media};
 
@@ -61,7 +61,7 @@ pub async fn get_manifest(
 /// `PUT /v2/<name>/manifests/<reference>[?tag=...]`.
 pub async fn put_manifest(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: body::RequestBody,
     reg: &Registry,
     repo: RepoName,
     reference: Reference,

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub registry: Registry,
     /// Backend health, for `/debug/health`.
     pub health: Health,
+    /// `http.bodytimeout`: how long a request body may stall.
+    pub body_timeout: std::time::Duration,
 }
 
 /// Response settings from the configuration.
@@ -135,6 +137,7 @@ pub async fn dispatch(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let endpoint = router::route(req.method(), req.path(), req.query_string())?;
+    let payload = body::RequestBody::new(payload, state.body_timeout);
     let reg = &state.registry;
     match endpoint {
         Endpoint::Base => Ok(HttpResponse::Ok().content_type("application/json").body("{}")),

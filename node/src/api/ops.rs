@@ -1,5 +1,5 @@
 //! Operational endpoints: `/debug/health` (backend health, distribution's format) and
-//! `/ready` (the node can serve: it knows a leader and is applying).
+//! `/ready` (the node can serve linearizable reads and take writes).
 
 use actix_web::{HttpResponse, web};
 
@@ -18,13 +18,22 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::ServiceUnavailable().json(body)
 }
 
-/// `GET /ready`: `200` when this node has a leader to commit through and a healthy disk,
-/// `503` otherwise (an unhealthy IPFS backend does not make a node unready).
+/// `GET /ready`: `200` when this node can serve linearizable reads (which proves a leader with a
+/// quorum behind it, so writes can commit too) and has a healthy disk; `503` with the reason
+/// otherwise, and from the moment it starts stopping. An unhealthy IPFS backend does not make
+/// a node unready. Answers within the read timeout (the longest election timeout).
 pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
-    let m = state.registry.raft().metrics();
-    if m.current_leader.is_some() && state.health.disk_problem().is_none() {
-        HttpResponse::Ok().json(serde_json::json!({ "ready": true }))
-    } else {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false }))
+    let unready = |reason: String| {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false, "reason": reason }))
+    };
+    if state.health.draining() {
+        return unready("the node is stopping".into());
+    }
+    if let Some((check, error)) = state.health.disk_problem() {
+        return unready(format!("{check}: {error}"));
+    }
+    match state.registry.raft().read_barrier().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ready": true })),
+        Err(e) => unready(e.to_string()),
     }
 }

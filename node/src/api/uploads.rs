@@ -2,7 +2,7 @@
 //! `PATCH`/`PUT`/`GET`/`DELETE` of an upload location.
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use ipcr_proto::{Algorithm, Digest, RepoName};
 
 use super::body;
@@ -34,7 +34,7 @@ fn blob_created(repo: &RepoName, digest: &Digest) -> HttpResponse {
 /// `POST /v2/<name>/blobs/uploads/[?digest=|?mount=&from=|?digest-algorithm=]`.
 pub async fn start_upload(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: body::RequestBody,
     reg: &Registry,
     repo: RepoName,
     digest: Option<Digest>,
@@ -61,7 +61,7 @@ pub async fn start_upload(
 /// `PATCH <location>`: append a chunk.
 pub async fn patch_upload(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: body::RequestBody,
     reg: &Registry,
     repo: RepoName,
     id: String,
@@ -76,7 +76,7 @@ pub async fn patch_upload(
 /// `PUT <location>?digest=`: optional last chunk, then close.
 pub async fn put_upload(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: body::RequestBody,
     reg: &Registry,
     repo: RepoName,
     id: String,

@@ -24,7 +24,7 @@ use crate::cluster::transfer::Transfers;
 use crate::cluster::wire::{FinishHeader, Plan, RemoteError};
 use crate::raft::{RaftError, RaftNode};
 use crate::store::FsStore;
-use session::{Cancel, ChunkInfo, Finish, Status, UploadSession, Write};
+use session::{ChunkInfo, Finish, UploadSession, Write};
 use writer::Body;
 
 /// Why an upload request failed.
@@ -268,14 +268,39 @@ impl Uploads {
             .await?
     }
 
-    /// The session's size.
-    pub async fn status(&self, id: &str, repo: RepoName) -> Result<u64, UploadError> {
-        self.session(id).await?.send(Status { repo }).await?
+    /// The replicated record of a session in `repo`, after the read barrier. Not through the
+    /// session's actor: status and cancel never wait behind a chunk being written.
+    async fn record(&self, id: &str, repo: &RepoName) -> Result<ipcr_proto::UploadRecord, UploadError> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(UploadError::Unknown);
+        }
+        self.ctx.raft.read_barrier().await?;
+        self.ctx
+            .raft
+            .reader()
+            .upload(id)
+            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .filter(|r| &r.repo == repo)
+            .ok_or(UploadError::Unknown)
     }
 
-    /// Cancel a session.
+    /// The session's acknowledged size (a chunk still being written does not count).
+    pub async fn status(&self, id: &str, repo: RepoName) -> Result<u64, UploadError> {
+        Ok(self.record(id, &repo).await?.size)
+    }
+
+    /// Cancel a session. A chunk being written meanwhile is refused when it completes (its
+    /// session is gone), and this node's actor of the session ends with it.
     pub async fn cancel(&self, id: &str, repo: RepoName) -> Result<(), UploadError> {
-        self.session(id).await?.send(Cancel { repo }).await?
+        self.record(id, &repo).await?;
+        let cmd = Command::CancelUpload { id: id.to_string() };
+        match self.ctx.raft.propose(cmd).await? {
+            CommandResult::Ok => {
+                let _ = FsStore::remove_file(&self.ctx.store.upload_path(id));
+                Ok(())
+            }
+            CommandResult::Rejected(_) => Err(UploadError::Unknown),
+        }
     }
 
     /// A monolithic push (`POST ?digest=` with the body): no session, same guarantees.

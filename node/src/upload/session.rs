@@ -4,8 +4,10 @@
 //! The actor is created on first use from the replicated session record (so a session started
 //! anywhere can be continued here) and keeps the running hasher between chunks. Before each
 //! request it re-reads the record, so a chunk accepted by another node, or a cancellation, is
-//! seen. It stops when its session ends: here (finish, cancel), or elsewhere (the periodic
-//! sweep drops its address).
+//! seen. It takes only the requests that write (chunks and the close); status and cancel read
+//! and change the replicated record directly, never waiting behind a chunk. It stops when its
+//! session ends: here (finish), or elsewhere or by a cancel (its next request finds the session
+//! gone, or the periodic sweep drops its address).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,22 +79,6 @@ pub struct Finish {
     /// May the close be proxied to the node holding most of the upload (not when it already
     /// was)?
     pub proxy: bool,
-}
-
-/// The session's current size.
-#[derive(Message)]
-#[rtype(result = "Result<u64, UploadError>")]
-pub struct Status {
-    /// Repository named in the request URL.
-    pub repo: RepoName,
-}
-
-/// Cancel the session.
-#[derive(Message)]
-#[rtype(result = "Result<(), UploadError>")]
-pub struct Cancel {
-    /// Repository named in the request URL.
-    pub repo: RepoName,
 }
 
 /// A checked write request's inputs, owned so the work can leave the actor.
@@ -283,40 +269,5 @@ impl Handler<Finish> for UploadSession {
                 res
             },
         )))
-    }
-}
-
-impl Handler<Status> for UploadSession {
-    type Result = Result<u64, UploadError>;
-
-    fn handle(&mut self, msg: Status, ctx: &mut Context<Self>) -> Self::Result {
-        self.refresh(&msg.repo, ctx)?;
-        Ok(self.record.size)
-    }
-}
-
-impl Handler<Cancel> for UploadSession {
-    type Result = AtomicResponse<Self, Result<(), UploadError>>;
-
-    fn handle(&mut self, msg: Cancel, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(e) = self.refresh(&msg.repo, ctx) {
-            return ready(Err(e));
-        }
-        let (shared, id, path) = (self.ctx.clone(), self.id.clone(), self.path.clone());
-        let work = async move {
-            match shared.raft.propose(Command::CancelUpload { id }).await? {
-                CommandResult::Ok => {
-                    let _ = crate::store::FsStore::remove_file(&path);
-                    Ok(())
-                }
-                CommandResult::Rejected(_) => Err(UploadError::Unknown),
-            }
-        };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| {
-            if matches!(res, Ok(()) | Err(UploadError::Unknown)) {
-                act.end(ctx);
-            }
-            res
-        })))
     }
 }

@@ -62,6 +62,7 @@ impl TestNode {
         let state = web::Data::new(ApiState {
             registry: parts.registry.clone(),
             health: parts.health.clone(),
+            body_timeout: config.http.bodytimeout.0,
         });
         TestNode {
             state,
