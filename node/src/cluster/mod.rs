@@ -10,22 +10,62 @@ pub mod repair;
 pub mod transfer;
 pub mod wire;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use ipcr_proto::NodeId;
 use sha2::Digest as _;
 
 use crate::raft::RaftNode;
+
+/// How long a peer that failed or hung during a read is tried after the others.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// Which nodes hold copies, and in which order to try them.
 #[derive(Clone)]
 pub struct Peers {
     node: RaftNode,
     replicas: usize,
+    /// Peers that failed or hung recently, and until when they are tried last.
+    suspects: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl Peers {
     /// Peers of `node`; blobs need `replicas` copies (fewer when the cluster is smaller).
     pub fn new(node: RaftNode, replicas: usize) -> Peers {
-        Peers { node, replicas }
+        Peers {
+            node,
+            replicas,
+            suspects: Arc::default(),
+        }
+    }
+
+    /// Try `id` after the others for a while: it failed or hung.
+    pub fn suspect(&self, id: NodeId) {
+        let mut s = self.suspects.lock().expect("suspects lock");
+        s.insert(id, Instant::now() + SUSPECT_FOR);
+    }
+
+    fn is_suspect(&self, id: NodeId) -> bool {
+        let mut s = self.suspects.lock().expect("suspects lock");
+        s.retain(|_, until| *until > Instant::now());
+        s.contains_key(&id)
+    }
+
+    /// The members among `nodes` (other than this one) with their cluster URLs, in the order
+    /// to read from them: peers that did not fail recently first, then by rendezvous hashing on
+    /// `key` (so reads of one blob spread the same way on every node).
+    pub fn holders(&self, nodes: &[NodeId], key: &str) -> Vec<(NodeId, String)> {
+        let mut holders = self.urls(nodes);
+        let order = self.ranked(key);
+        holders.sort_by_key(|(id, _)| {
+            (
+                self.is_suspect(*id),
+                order.iter().position(|(o, _)| o == id).unwrap_or(usize::MAX),
+            )
+        });
+        holders
     }
 
     /// This node's Raft member.

@@ -155,7 +155,9 @@ impl Transfers {
     }
 
     /// Stream `len` bytes from `offset` of a peer's resource (`/cluster/blobs/<digest>` or
-    /// `/cluster/uploads/<id>/bytes`) through `sink`, on the Raft runtime.
+    /// `/cluster/uploads/<id>/bytes`) through the returned receiver, on the Raft runtime. The
+    /// transfer stops as soon as the receiver is dropped, even while the peer sends nothing
+    /// (a reader that gave up on a hung peer leaves no request behind).
     pub fn fetch(
         &self,
         peer: &str,
@@ -167,32 +169,38 @@ impl Transfers {
         let client = self.node.client().clone();
         let url = format!("{peer}{path}");
         self.node.runtime().spawn(async move {
-            let resp = client
-                .http()
-                .get(&url)
-                .header("Authorization", client.bearer())
-                .header("Range", format!("bytes={}-{}", offset, offset + len.max(1) - 1))
-                .timeout(TRANSFER_TIMEOUT)
-                .send()
-                .await;
-            let resp = match resp {
-                Ok(r) if r.status().is_success() => r,
-                Ok(r) => {
-                    let _ = tx.send(Err(format!("{url}: HTTP {}", r.status()))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(format!("{url}: {e}"))).await;
-                    return;
+            let transfer = async {
+                let resp = client
+                    .http()
+                    .get(&url)
+                    .header("Authorization", client.bearer())
+                    .header("Range", format!("bytes={}-{}", offset, offset + len.max(1) - 1))
+                    .timeout(TRANSFER_TIMEOUT)
+                    .send()
+                    .await;
+                let resp = match resp {
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) => {
+                        let _ = tx.send(Err(format!("{url}: HTTP {}", r.status()))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("{url}: {e}"))).await;
+                        return;
+                    }
+                };
+                let mut stream = resp.bytes_stream();
+                while let Some(item) = stream.next().await {
+                    let item = item.map_err(|e| format!("{url}: {e}"));
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
                 }
             };
-            let mut stream = resp.bytes_stream();
-            while let Some(item) = stream.next().await {
-                let item = item.map_err(|e| format!("{url}: {e}"));
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
+            tokio::select! {
+                () = transfer => {}
+                () = tx.closed() => {}
             }
         });
         rx
