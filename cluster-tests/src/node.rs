@@ -217,6 +217,14 @@ impl Node {
         node.spawn();
         node
     }
+
+    /// Spawn a node with `env` and return at once, without waiting for it to be ready (it may
+    /// never be).
+    pub fn start_unready(name: &str, env: &[(&str, &str)]) -> Node {
+        let mut node = Self::unstarted(name, env);
+        node.spawn();
+        node
+    }
 }
 
 impl Node {
