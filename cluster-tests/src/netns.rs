@@ -295,6 +295,11 @@ impl NsNode {
         self.process.log_path()
     }
 
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.process.data_dir()
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.process.log()
