@@ -330,10 +330,8 @@ impl NsNode {
                 self.process.data_dir(),
             )
             .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-            .env("REGISTRY_LOG_LEVEL", "info")
-            // The same fast elections as `Node`, unless the test asks for others.
-            .env("REGISTRY_CLUSTER_HEARTBEAT", "100ms")
-            .env("REGISTRY_CLUSTER_ELECTION_TIMEOUT", "300ms");
+            // Raft timing: the defaults, as a user gets them.
+            .env("REGISTRY_LOG_LEVEL", "info");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -109,10 +109,8 @@ impl Node {
             .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", self.data_dir())
             .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-            .env("REGISTRY_LOG_LEVEL", "info")
-            // Fast elections, so that a restarted node is ready in well under a second.
-            .env("REGISTRY_CLUSTER_HEARTBEAT", "100ms")
-            .env("REGISTRY_CLUSTER_ELECTION_TIMEOUT", "300ms");
+            // Raft timing: the defaults, as a user gets them.
+            .env("REGISTRY_LOG_LEVEL", "info");
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
