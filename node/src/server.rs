@@ -199,7 +199,8 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         .h1_write_buffer_size(crate::store::read::READ_CHUNK)
         // Signals are ours (`stop_on_signal`): leadership is handed off before the drain.
         .disable_signals()
-        .shutdown_timeout(config.http.draintimeout.0.as_secs());
+        // Whole seconds (actix's unit), rounded up: `500ms` still drains.
+        .shutdown_timeout(config.http.draintimeout.0.as_millis().div_ceil(1000) as u64);
     if let Some(n) = config.http.workers {
         server = server.workers(n);
     }
@@ -264,9 +265,6 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     result
 }
 
-/// How long a stopping leader tries to hand leadership over before it drains anyway.
-const HAND_OFF: Duration = Duration::from_secs(5);
-
 /// On `SIGTERM` or `SIGINT`: report unready, hand leadership to a caught-up voter (writes
 /// stall for one hand-off, not an election), then stop accepting connections and let the
 /// requests in flight finish (`http.draintimeout`). A second signal stops at once.
@@ -283,10 +281,14 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, raft: RaftNode, he
     }
     tracing::info!("stopping: handing leadership over, then draining requests in flight");
     health.set_draining();
-    if !raft.hand_off(HAND_OFF).await {
-        tracing::warn!("leadership not handed over; the others elect a leader after the election timeout");
-    }
-    let graceful = server.stop(true);
+    let graceful = async {
+        if !raft.hand_off(crate::raft::membership::HAND_OFF).await {
+            tracing::warn!(
+                "leadership not handed over; the others elect a leader after the election timeout"
+            );
+        }
+        server.stop(true).await;
+    };
     tokio::select! {
         () = graceful => {}
         _ = term.recv() => server.stop(false).await,
@@ -311,14 +313,16 @@ fn spawn_repair(node: RaftNode, repair: Repair) {
     });
 }
 
-/// A node with no Raft state and a join target asks the cluster to add it, retrying until a
-/// member answers (the cluster may still be starting). A node that already is a member skips;
+/// A node with a join target that is not a member asks the cluster to add it, retrying until
+/// a member answers (the cluster may still be starting). A node that already is a member skips;
 /// a refusal that no retry can change (`422`: this node cannot be reached at its advertised
 /// address, or did not catch up, or a leave cancelled the join) ends the attempts.
 fn spawn_join(parts: &NodeParts, target: String) {
     let (node, addr) = (parts.raft.clone(), parts.advertise.clone());
     parts.raft.runtime().clone().spawn(async move {
-        if node.raft().is_initialized().await.unwrap_or(false) {
+        // A member skips; a node that was added once but is no member now (its join was
+        // refused, cancelled, or it left) asks again.
+        if node.members().iter().any(|(id, _, _)| *id == node.id()) {
             return;
         }
         let req = ipcr_proto::admin::JoinRequest { id: node.id(), addr };

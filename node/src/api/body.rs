@@ -25,13 +25,21 @@ use crate::upload::writer::{BODY_CHANNEL, Body};
 /// A body must deliver this many bytes (or end) within each `http.bodytimeout`.
 pub const BODY_PROGRESS: usize = 16 << 10;
 
-/// A request's body, cut off with an error when it stalls: when fewer than [`BODY_PROGRESS`]
-/// bytes arrive within the timeout and the body has not ended.
+/// A request's body, cut off with an error when it stalls: when, while the server waits for
+/// it, fewer than [`BODY_PROGRESS`] bytes arrive within the timeout and the body has not ended.
+///
+/// Only the client's time counts: the clock starts when the server first waits for the body
+/// (not while the request waits for its turn), and a pause in reading on the server's side (a
+/// slow disk holding the writer back) starts it afresh.
 pub struct RequestBody {
     inner: web::Payload,
     timeout: Duration,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `deadline` runs: from the first wait after the last [`BODY_PROGRESS`] bytes.
+    armed: bool,
     since: usize,
+    /// When the last item was handed to the server, which then took its time to ask again.
+    handed: Option<tokio::time::Instant>,
     done: bool,
 }
 
@@ -42,7 +50,9 @@ impl RequestBody {
             inner: payload,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
             since: 0,
+            handed: None,
             done: false,
         }
     }
@@ -56,13 +66,19 @@ impl futures::Stream for RequestBody {
         if this.done {
             return Poll::Ready(None);
         }
+        let now = tokio::time::Instant::now();
+        if this.handed.take().is_some_and(|h| now - h > this.timeout / 4) {
+            // The server was not reading: the client is not to blame for that time.
+            this.armed = false;
+            this.since = 0;
+        }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
+                this.handed = Some(now);
                 this.since += bytes.len();
                 if this.since >= BODY_PROGRESS {
                     this.since = 0;
-                    let next = tokio::time::Instant::now() + this.timeout;
-                    this.deadline.as_mut().reset(next);
+                    this.armed = false;
                 }
                 Poll::Ready(Some(Ok(bytes)))
             }
@@ -74,17 +90,23 @@ impl futures::Stream for RequestBody {
                 this.done = true;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.done = true;
-                    tracing::info!(timeout = ?this.timeout, "request body stalled; cut off");
-                    Poll::Ready(Some(Err(format!(
-                        "request body stalled: less than {BODY_PROGRESS} bytes in {:?}",
-                        this.timeout
-                    ))))
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    this.deadline.as_mut().reset(now + this.timeout);
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                match this.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.done = true;
+                        tracing::info!(timeout = ?this.timeout, "request body stalled; cut off");
+                        Poll::Ready(Some(Err(format!(
+                            "request body stalled: less than {BODY_PROGRESS} bytes in {:?}",
+                            this.timeout
+                        ))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }

@@ -104,10 +104,11 @@ impl Holders {
         })
     }
 
-    /// Every holder but `current`, best first, starting after it.
-    fn others(&self, current: usize) -> Vec<usize> {
+    /// Every holder, starting after `current` and ending with it (with one holder, or every
+    /// other one down, the same holder is asked again).
+    fn after(&self, current: usize) -> Vec<usize> {
         let n = self.list.len();
-        (1..n).map(|k| (current + k) % n).collect()
+        (1..=n).map(|k| (current + k) % n).collect()
     }
 }
 
@@ -122,11 +123,23 @@ pub struct RemoteBlob {
     end: u64,
     idle: Pin<Box<tokio::time::Sleep>>,
     reopening: Option<Opening>,
+    /// How many times the read moved to another holder.
+    resumed: u32,
     cache: Option<mpsc::Sender<BodyChunk>>,
 }
 
+/// How many times one read may move to another holder before it fails.
+const MAX_RESUMES: u32 = 8;
+
+/// A receiver that is already closed, in place of a holder's stream given up on.
+fn closed() -> Fetched {
+    mpsc::channel(1).1
+}
+
 impl RemoteBlob {
-    fn pass(&mut self, bytes: Bytes) -> Bytes {
+    fn pass(&mut self, mut bytes: Bytes) -> Bytes {
+        // Never past the range, whatever a holder sends.
+        bytes.truncate((self.end - self.offset).min(bytes.len() as u64) as usize);
         self.offset += bytes.len() as u64;
         let next = tokio::time::Instant::now() + IDLE_TIMEOUT;
         self.idle.as_mut().reset(next);
@@ -139,12 +152,20 @@ impl RemoteBlob {
         bytes
     }
 
-    /// Continue from the next holder at the current offset.
+    /// Continue from the next holder at the current offset, dropping the current one's
+    /// stream (which cancels its request).
     fn resume(&mut self, why: String) {
         let (id, url) = &self.holders.list[self.current];
         tracing::warn!(holder = %url, offset = self.offset, reason = %why, "resuming a blob read from the next holder");
         self.holders.peers.suspect(*id);
-        let order = self.holders.others(self.current);
+        self.rx = closed();
+        self.resumed += 1;
+        if self.resumed > MAX_RESUMES {
+            let e = format!("gave up after {MAX_RESUMES} changes of holder; last: {why}");
+            self.reopening = Some(Box::pin(futures::future::ready(Err(e))));
+            return;
+        }
+        let order = self.holders.after(self.current);
         let (offset, len) = (self.offset, self.end - self.offset);
         self.reopening = Some(Box::pin(self.holders.clone().open(order, offset, len)));
     }
@@ -212,9 +233,15 @@ pub async fn open(
         list: peers.holders(&record.nodes, &digest.to_string()),
         path: format!("/cluster/blobs/{digest}"),
     };
-    let order = (0..holders.list.len()).collect();
-    let (current, first, rx) = holders.clone().open(order, start, len).await?;
-    let cache = (start == 0 && len == record.size).then(|| keep_copy(peers, store, digest, record.size));
+    // An empty range needs no holder (and a `Range` header cannot ask for zero bytes).
+    let (current, first, rx, cache) = if len == 0 {
+        (0, None, closed(), None)
+    } else {
+        let order = (0..holders.list.len()).collect();
+        let (current, first, rx) = holders.clone().open(order, start, len).await?;
+        let cache = (start == 0 && len == record.size).then(|| keep_copy(peers, store, digest, record.size));
+        (current, first, rx, cache)
+    };
     Ok(RemoteBlob {
         holders,
         current,
@@ -224,6 +251,7 @@ pub async fn open(
         end: start + len,
         idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
         reopening: None,
+        resumed: 0,
         cache,
     })
 }

@@ -8,7 +8,7 @@
 //!
 //! These run on the leader; the cluster port forwards them there.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,18 @@ use super::{RaftNode, TypeConfig};
 
 /// How long a membership change waits for another one in progress.
 const CHANGE_QUEUE: Duration = Duration::from_secs(60);
-/// How long a joining learner may go without replicating anything new before the join is
-/// given up (a big snapshot streams continuously, so this is about a stalled node).
+/// How long a joining learner may go without replicating or acknowledging anything before the
+/// join is given up.
 const CATCH_UP_STALL: Duration = Duration::from_secs(30);
+/// How long a join may take to catch up in all (under the cluster port's 600 s forwarding
+/// timeout).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(540);
 /// How far behind the leader's log a learner may be and still be promoted.
 const CATCH_UP_LAG: u64 = 16;
 /// How long the probe of a joining node's cluster port may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leader that stops, or leaves the cluster, tries to hand leadership over.
+pub const HAND_OFF: Duration = Duration::from_secs(5);
 /// Interval between two looks at the replication metrics.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -45,23 +50,35 @@ pub enum ChangeError {
     Unavailable(String),
 }
 
-/// Joins in progress on this node (as leader), so that a `leave` can cancel one.
+/// Joins in progress on this node (as leader), so that a `leave` can cancel one. Each join
+/// has a token of its own, so that a retried join of the same node never ends another's entry.
 #[derive(Default)]
-pub(super) struct PendingJoins(std::sync::Mutex<std::collections::HashMap<NodeId, Arc<Notify>>>);
+pub(super) struct PendingJoins(std::sync::Mutex<std::collections::HashMap<NodeId, (u64, Arc<Notify>)>>);
+
+/// Tokens of joins.
+static JOIN_TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl PendingJoins {
-    fn register(&self, id: NodeId) -> Arc<Notify> {
+    fn register(&self, id: NodeId) -> (u64, Arc<Notify>) {
+        let token = JOIN_TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let notify = Arc::new(Notify::new());
-        self.0.lock().expect("joins lock").insert(id, notify.clone());
-        notify
+        let mut joins = self.0.lock().expect("joins lock");
+        // A newer join of the same node supersedes an older one, which is cancelled.
+        if let Some((_, older)) = joins.insert(id, (token, notify.clone())) {
+            older.notify_one();
+        }
+        (token, notify)
     }
 
-    fn done(&self, id: NodeId) {
-        self.0.lock().expect("joins lock").remove(&id);
+    fn done(&self, id: NodeId, token: u64) {
+        let mut joins = self.0.lock().expect("joins lock");
+        if joins.get(&id).is_some_and(|(t, _)| *t == token) {
+            joins.remove(&id);
+        }
     }
 
     fn cancel(&self, id: NodeId) {
-        if let Some(n) = self.0.lock().expect("joins lock").remove(&id) {
+        if let Some((_, n)) = self.0.lock().expect("joins lock").remove(&id) {
             n.notify_one();
         }
     }
@@ -114,12 +131,17 @@ impl RaftNode {
                 }
             }
         });
+        let abort = run.abort_handle();
         match tokio::time::timeout(timeout, run).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(ChangeError::Unavailable(join.to_string())),
-            Err(_) => Err(ChangeError::Unavailable(format!(
-                "the membership change did not complete within {timeout:?}"
-            ))),
+            Err(_) => {
+                // Stop retrying; a change already proposed may still commit.
+                abort.abort();
+                Err(ChangeError::Unavailable(format!(
+                    "the membership change did not complete within {timeout:?}"
+                )))
+            }
         }
     }
 
@@ -157,47 +179,56 @@ impl RaftNode {
     }
 
     /// Add `id` (reachable at `addr`): probe it, add it as a learner, wait until it caught up,
-    /// make it a voter. A node that is already a voter succeeds without change; a join that
-    /// cannot complete removes the learner again.
+    /// make it a voter. A node that already is a voter at that address succeeds without
+    /// change (at another address it is refused: two nodes claim one id); a join that cannot
+    /// complete removes the learner again. The work runs on the Raft runtime to its end even
+    /// if the caller gives up waiting, so that no learner is left behind.
     pub async fn add_member(&self, id: NodeId, addr: String) -> Result<(), ChangeError> {
-        if self.members().iter().any(|(m, _, voter)| *m == id && *voter) {
-            return Ok(());
+        if let Some((_, known, voter)) = self.members().into_iter().find(|(m, _, _)| *m == id)
+            && voter
+        {
+            return if known.trim_end_matches('/') == addr.trim_end_matches('/') {
+                Ok(())
+            } else {
+                Err(ChangeError::Refused(format!(
+                    "node {id} is already a voter at {known}, not at {addr}"
+                )))
+            };
         }
-        self.probe(id, &addr).await?;
-        let cancel = self.joins.register(id);
-        let result = self.join_as_learner_then_voter(id, addr, &cancel).await;
-        self.joins.done(id);
-        if let Err(e) = &result {
-            tracing::warn!(node = id, error = %e, "join failed; removing the learner");
-            if self.members().iter().any(|(m, _, voter)| *m == id && !*voter)
-                && let Err(undo) = self
-                    .change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await
-            {
-                tracing::warn!(node = id, error = %undo, "could not remove the learner of a failed join");
+        // Registered before the probe, so that a leave arriving meanwhile cancels it.
+        let (token, cancel) = self.joins.register(id);
+        let node = self.clone();
+        let run = self.runtime().spawn(async move {
+            let result = tokio::select! {
+                joined = node.join_as_learner_then_voter(id, addr) => joined,
+                () = cancel.notified() => Err(ChangeError::Refused(format!(
+                    "the join of node {id} was cancelled (by a leave, or a newer join of it)"
+                ))),
+            };
+            node.joins.done(id, token);
+            if let Err(e) = &result {
+                tracing::warn!(node = id, error = %e, "join failed; removing the learner");
+                if node.members().iter().any(|(m, _, voter)| *m == id && !*voter)
+                    && let Err(undo) = node
+                        .change(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                {
+                    tracing::warn!(node = id, error = %undo, "could not remove the learner of a failed join");
+                }
             }
-        }
-        result
+            result
+        });
+        run.await.map_err(|e| ChangeError::Unavailable(e.to_string()))?
     }
 
-    async fn join_as_learner_then_voter(
-        &self,
-        id: NodeId,
-        addr: String,
-        cancel: &Notify,
-    ) -> Result<(), ChangeError> {
+    async fn join_as_learner_then_voter(&self, id: NodeId, addr: String) -> Result<(), ChangeError> {
+        self.probe(id, &addr).await?;
         let nodes = std::collections::BTreeMap::from([(id, BasicNode { addr })]);
         // SetNodes, not AddNodes: a learner left by an earlier attempt gets the address just
         // probed.
         self.change(ChangeMembers::SetNodes(nodes), true).await?;
         tracing::info!(node = id, "added as learner; waiting until it has caught up");
-        let wait = self.wait_caught_up(id);
-        tokio::select! {
-            caught_up = wait => caught_up?,
-            () = cancel.notified() => {
-                return Err(ChangeError::Refused(format!("the join of node {id} was cancelled by a leave")));
-            }
-        }
+        self.wait_caught_up(id).await?;
         self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
             .await?;
         tracing::info!(node = id, "promoted to voter");
@@ -205,9 +236,12 @@ impl RaftNode {
     }
 
     /// Wait until learner `id` matches the leader's log within [`CATCH_UP_LAG`] entries and
-    /// acknowledged the leader within the lease; give up after [`CATCH_UP_STALL`] without
-    /// progress.
+    /// acknowledged the leader within the lease. Give up when it has neither replicated
+    /// anything new nor acknowledged anything for [`CATCH_UP_STALL`] (a node receiving or
+    /// installing a big snapshot keeps acknowledging heartbeats), or after
+    /// [`CATCH_UP_LIMIT`] in all.
     async fn wait_caught_up(&self, id: NodeId) -> Result<(), ChangeError> {
+        let started = Instant::now();
         let mut best: Option<u64> = None;
         let mut progressed = Instant::now();
         loop {
@@ -223,14 +257,19 @@ impl RaftNode {
             if fresh && matched.is_some_and(|i| i + CATCH_UP_LAG >= last) {
                 return Ok(());
             }
-            if matched > best {
-                best = matched;
+            if matched > best || fresh {
+                best = best.max(matched);
                 progressed = Instant::now();
             }
             if progressed.elapsed() > CATCH_UP_STALL {
                 return Err(ChangeError::Refused(format!(
-                    "node {id} did not catch up: nothing replicated for {CATCH_UP_STALL:?} \
-                     (matched {matched:?} of {last}, last acknowledgement {acked:?} ago)"
+                    "node {id} did not catch up: nothing replicated or acknowledged for \
+                     {CATCH_UP_STALL:?} (matched {matched:?} of {last}, last acknowledgement {acked:?} ago)"
+                )));
+            }
+            if started.elapsed() > CATCH_UP_LIMIT {
+                return Err(ChangeError::Refused(format!(
+                    "node {id} did not catch up within {CATCH_UP_LIMIT:?} (matched {matched:?} of {last})"
                 )));
             }
             tokio::time::sleep(POLL).await;
@@ -257,51 +296,58 @@ impl RaftNode {
     /// leader, and this node stops answering reads from its lease the moment it hands off.
     pub async fn hand_off(&self, within: Duration) -> bool {
         let deadline = Instant::now() + within;
-        let mut tried = HashSet::new();
-        loop {
-            let m = self.metrics();
-            if m.state != ServerState::Leader {
-                return true;
-            }
-            let Some(target) = self.transfer_target(&m, &tried) else {
-                tracing::warn!("no caught-up voter to hand leadership to");
-                return false;
-            };
-            tried.insert(target);
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return true;
+        }
+        // Chosen once: a leader handing off sends no heartbeats, so acknowledgements age.
+        let targets = self.transfer_targets(&m);
+        if targets.is_empty() {
+            tracing::warn!("no caught-up voter to hand leadership to");
+            return false;
+        }
+        for target in targets {
             tracing::info!(to = target, "handing leadership over");
-            let raft = self.raft().clone();
-            let _ = self
-                .runtime()
-                .spawn(async move { raft.trigger().transfer_leader(target).await })
-                .await;
-            let round = Instant::now() + self.read_timeout * 2;
-            while Instant::now() < round.min(deadline) {
-                let m = self.metrics();
-                if m.current_leader.is_some_and(|l| l != self.id()) {
-                    tracing::info!(leader = ?m.current_leader, "leadership handed over");
-                    return true;
+            let round = (Instant::now() + self.read_timeout * 2).min(deadline);
+            while Instant::now() < round {
+                // Repeated: the target ignores a transfer while its log is behind ours.
+                let raft = self.raft().clone();
+                let _ = self
+                    .runtime()
+                    .spawn(async move { raft.trigger().transfer_leader(target).await })
+                    .await;
+                let step = Instant::now() + Duration::from_millis(50);
+                while Instant::now() < step.min(round) {
+                    let m = self.metrics();
+                    if m.current_leader.is_some_and(|l| l != self.id()) || m.state != ServerState::Leader {
+                        tracing::info!(leader = ?m.current_leader, "leadership handed over");
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             if Instant::now() >= deadline {
-                return false;
+                break;
             }
         }
+        self.metrics().state != ServerState::Leader
     }
 
-    /// The voter to hand leadership to: one that acknowledged the leader within the lease,
-    /// with the most of the log.
-    fn transfer_target(&self, m: &RaftMetrics<TypeConfig>, tried: &HashSet<NodeId>) -> Option<NodeId> {
-        m.membership_config
+    /// The voters to hand leadership to, best first: those that acknowledged the leader within
+    /// the lease, the ones with the most of the log first.
+    fn transfer_targets(&self, m: &RaftMetrics<TypeConfig>) -> Vec<NodeId> {
+        let mut targets: Vec<(Option<u64>, NodeId)> = m
+            .membership_config
             .membership()
             .voter_ids()
-            .filter(|v| *v != self.id() && !tried.contains(v))
+            .filter(|v| *v != self.id())
             .filter_map(|v| {
                 let (matched, acked) = progress(m, v);
                 acked.filter(|a| *a < self.lease).map(|_| (matched, v))
             })
-            .max()
-            .map(|(_, v)| v)
+            .collect();
+        targets.sort_by(|a, b| b.cmp(a));
+        targets.into_iter().map(|(_, v)| v).collect()
     }
 
     /// This node's view of the cluster. `under_replicated` comes from the blob index.

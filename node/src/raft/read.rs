@@ -34,7 +34,8 @@ pub(super) fn lease(cluster: &ClusterConfig) -> Duration {
 }
 
 /// How long a read waits for a read index before its client gets `503`: the longest election
-/// timeout. A leader that is gone is noticed within it, so a read never hangs for longer.
+/// timeout. A read that cannot get one from the leader in that time (the leader is gone,
+/// paused or cut off) gets a definite answer instead of waiting for an election.
 pub(super) fn read_timeout(cluster: &ClusterConfig) -> Duration {
     cluster.election_timeout.0 * 2
 }
@@ -97,8 +98,9 @@ impl RaftNode {
             let node = self.clone();
             self.runtime().spawn(async move { node.drive_barrier().await });
         }
-        // The round has its own deadline; this one only guards against a round that never ends.
-        match tokio::time::timeout(self.read_timeout * 2, rx).await {
+        // A read arriving during a round waits for the next one too, but never longer than the
+        // read timeout in all.
+        match tokio::time::timeout(self.read_timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(RaftError::Unavailable(e)),
             Ok(Err(_)) => Err(RaftError::Fatal("read barrier dropped".into())),

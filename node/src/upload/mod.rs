@@ -226,7 +226,23 @@ impl Uploads {
         info: ChunkInfo,
         body: Body,
     ) -> Result<u64, UploadError> {
-        self.session(id).await?.send(Write { repo, info, body }).await?
+        let written = self.session(id).await?.send(Write { repo, info, body }).await?;
+        self.gone_if_cancelled(id, written)
+    }
+
+    /// A session cancelled while one of its requests ran may have lost its file under it: the
+    /// request then failed on the file, and its client is told the session is unknown, as
+    /// for any request after the cancel.
+    fn gone_if_cancelled<T>(&self, id: &str, result: Result<T, UploadError>) -> Result<T, UploadError> {
+        match result {
+            Err(UploadError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && self.ctx.raft.reader().upload(id).is_ok_and(|u| u.is_none()) =>
+            {
+                Err(UploadError::Unknown)
+            }
+            other => other,
+        }
     }
 
     /// Close a session with the blob's digest and an optional last chunk; answers the size.
@@ -238,7 +254,8 @@ impl Uploads {
         info: ChunkInfo,
         body: Option<Body>,
     ) -> Result<u64, UploadError> {
-        self.session(id)
+        let finished = self
+            .session(id)
             .await?
             .send(Finish {
                 repo,
@@ -247,7 +264,8 @@ impl Uploads {
                 body,
                 proxy: true,
             })
-            .await?
+            .await?;
+        self.gone_if_cancelled(id, finished)
     }
 
     /// A close proxied here by another node: done on this node.

@@ -90,16 +90,13 @@ pub async fn join(state: web::Data<ClusterApi>, req: web::Json<JoinRequest>) -> 
     on_leader(&state, "/cluster/join", req, here).await
 }
 
-/// How long a leader leaving the cluster tries to hand leadership over first.
-const HAND_OFF: Duration = Duration::from_secs(5);
-
 /// `POST /cluster/leave`: remove a node (cancelling its join if one is in progress). A leader
 /// asked to remove itself first hands leadership to another voter, which then removes it.
 pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -> HttpResponse {
     let req = req.into_inner();
     tracing::info!(node = req.id, "leave requested");
     if req.id == state.node.id() && state.node.raft().is_leader() {
-        state.node.hand_off(HAND_OFF).await;
+        state.node.hand_off(crate::raft::membership::HAND_OFF).await;
     }
     let (repair, node, id) = (state.repair.clone(), state.node.clone(), req.id);
     let here = async move {
