@@ -86,6 +86,9 @@ pub async fn store_verified(
     stored.map_err(|e| e.to_string())
 }
 
+/// Blobs read from the index at a time by a repair pass.
+const PAGE: usize = 1000;
+
 /// The repair service of a node.
 #[derive(Clone)]
 pub struct Repair {
@@ -159,31 +162,38 @@ impl Repair {
         Err(last_error)
     }
 
-    /// One pass over the blob index: give every blob held by fewer voters than needed one
-    /// more copy, at most `limit` copies. Answers how many were made.
+    /// One pass over the blob index, page by page: give every blob held by fewer voters than
+    /// needed one more copy, at most `limit` copies. Answers how many were made.
     pub async fn run_once(&self, limit: usize) -> usize {
         let voters = self.voters_except(None);
         let want = self.peers.copies();
-        let Ok(blobs) = self.peers.node().reader().blobs() else {
-            return 0;
-        };
         let mut made = 0;
-        for (digest, record) in blobs {
-            if made >= limit {
+        let mut after: Option<String> = None;
+        while made < limit {
+            let Ok(page) = self.peers.node().reader().blobs_after(after.as_deref(), PAGE) else {
                 break;
-            }
-            let held = voters.iter().filter(|(id, _)| record.nodes.contains(id)).count();
-            // A blob pinned on IPFS is durable there: disk copies are a cache.
-            let pinned = record.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
-            if held == 0 || held >= want || pinned {
-                continue;
-            }
-            match self.copy_once(&digest, &record, &voters).await {
-                Ok(node) => {
-                    made += 1;
-                    tracing::info!(%digest, node, "repaired an under-replicated blob");
+            };
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.to_string());
+            for (digest, record) in page {
+                if made >= limit {
+                    break;
                 }
-                Err(e) => tracing::warn!(%digest, error = %e, "could not repair an under-replicated blob"),
+                let held = voters.iter().filter(|(id, _)| record.nodes.contains(id)).count();
+                // A blob pinned on IPFS is durable there: disk copies are a cache.
+                let pinned = record.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
+                if held == 0 || held >= want || pinned {
+                    continue;
+                }
+                match self.copy_once(&digest, &record, &voters).await {
+                    Ok(node) => {
+                        made += 1;
+                        tracing::info!(%digest, node, "repaired an under-replicated blob");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%digest, error = %e, "could not repair an under-replicated blob")
+                    }
+                }
             }
         }
         made
@@ -194,28 +204,50 @@ impl Repair {
     pub async fn evacuate(&self, leaving: NodeId) -> Result<(), String> {
         let voters = self.voters_except(Some(leaving));
         let want = self.peers.replicas_for(voters.len());
-        let blobs = self.peers.node().reader().blobs().map_err(|e| e.to_string())?;
-        for (digest, mut record) in blobs {
-            if !record.nodes.contains(&leaving) {
-                continue;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .peers
+                .node()
+                .reader()
+                .blobs_after(after.as_deref(), PAGE)
+                .map_err(|e| e.to_string())?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.to_string());
+            for (digest, record) in page {
+                if record.nodes.contains(&leaving) {
+                    self.evacuate_one(leaving, &voters, want, &digest, record).await?;
+                }
             }
-            let staying: BTreeSet<NodeId> = voters.iter().map(|(id, _)| *id).collect();
-            // The leaving node is still a source while it is a member.
-            let mut sources = voters.clone();
-            if let Some(url) = self.peers.node().node_url(leaving) {
-                sources.push((leaving, url));
-            }
-            while record.nodes.iter().filter(|n| staying.contains(n)).count() < want {
-                let node = self.copy_once(&digest, &record, &sources).await?;
-                record.nodes.push(node);
-            }
-            let cmd = Command::BlobHolders {
-                digest: digest.clone(),
-                add: Vec::new(),
-                remove: vec![leaving],
-            };
-            self.peers.node().propose(cmd).await.map_err(|e| e.to_string())?;
         }
+        Ok(())
+    }
+
+    /// Give one blob of `leaving` enough copies on `voters`, then drop `leaving` as a holder.
+    async fn evacuate_one(
+        &self,
+        leaving: NodeId,
+        voters: &[(NodeId, String)],
+        want: usize,
+        digest: &Digest,
+        mut record: BlobRecord,
+    ) -> Result<(), String> {
+        let staying: BTreeSet<NodeId> = voters.iter().map(|(id, _)| *id).collect();
+        // The leaving node is still a source while it is a member.
+        let mut sources = voters.to_vec();
+        if let Some(url) = self.peers.node().node_url(leaving) {
+            sources.push((leaving, url));
+        }
+        while record.nodes.iter().filter(|n| staying.contains(n)).count() < want {
+            let node = self.copy_once(digest, &record, &sources).await?;
+            record.nodes.push(node);
+        }
+        let cmd = Command::BlobHolders {
+            digest: digest.clone(),
+            add: Vec::new(),
+            remove: vec![leaving],
+        };
+        self.peers.node().propose(cmd).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 }

@@ -27,6 +27,9 @@ const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_PURGED: &str = "last_purged";
 
+/// Memory redb may use to cache the log's pages.
+const LOG_CACHE: usize = 32 << 20;
+
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
@@ -46,7 +49,12 @@ impl Debug for LogStore {
 impl LogStore {
     /// Open (or create) the log at `path`.
     pub fn open(path: &Path) -> io::Result<LogStore> {
-        let db = Database::create(path).map_err(io_err)?;
+        // redb caches 1 GiB by default; the log is read back only by replication to a lagging
+        // peer and after a restart.
+        let db = redb::Builder::new()
+            .set_cache_size(LOG_CACHE)
+            .create(path)
+            .map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(LOG).map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;

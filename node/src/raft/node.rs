@@ -61,6 +61,46 @@ fn paths(data_dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
     ))
 }
 
+/// Log entries per byte of the newest snapshot after which the next snapshot is built (a
+/// manifest entry is a few hundred bytes; its share of a snapshot is similar).
+const ENTRIES_PER_SNAPSHOT_BYTE: u64 = 1024;
+
+/// Build a snapshot (which lets the log be purged) once `every` entries were applied since the
+/// last one, or, for a large state, once as many entries were applied as the last snapshot has
+/// KiB: a snapshot costs time in proportion to the state, so taking one every fixed number of
+/// entries would make the cost of a write grow with the registry (at a million tags a snapshot
+/// took 10 s, and one was due every 10,000 writes).
+async fn compact(node: RaftNode, every: u64) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let m = node.metrics();
+        if m.running_state.is_err() {
+            return;
+        }
+        let (Some(applied), snapshot) = (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index)) else {
+            continue;
+        };
+        let last_size = super::snapshot::SnapshotDir::new(node.snapshot_dir.clone())
+            .ok()
+            .and_then(|d| d.current().ok().flatten())
+            .and_then(|(_, f)| std::fs::metadata(&f.path).ok())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let due = every.max(last_size / ENTRIES_PER_SNAPSHOT_BYTE);
+        if applied.saturating_sub(snapshot.unwrap_or(0)) < due {
+            continue;
+        }
+        if node.raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        // Wait for this one before looking again.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline && node.metrics().snapshot.map(|l| l.index) == snapshot {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// The node's Raft member. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -117,7 +157,8 @@ impl RaftNode {
             heartbeat_interval: heartbeat,
             election_timeout_min: election,
             election_timeout_max: election * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(cluster.snapshot_logs * 2),
+            // Snapshots are triggered by `compact`, at intervals that grow with the state.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: cluster.snapshot_logs,
             // A node cut off from the others must not keep raising the term and force an
             // election when it comes back.
@@ -135,6 +176,7 @@ impl RaftNode {
             .await
             .map_err(io::Error::other)?
             .map_err(|e| io::Error::other(e.to_string()))?;
+        let snapshot_every = cluster.snapshot_logs * 2;
         let node = RaftNode {
             id,
             raft,
@@ -154,6 +196,7 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
+        node.runtime.spawn(compact(node.clone(), snapshot_every));
         if !initialized && bootstrap == Bootstrap::Alone {
             let members = BTreeMap::from([(id, BasicNode { addr: advertise })]);
             node.raft

@@ -275,12 +275,22 @@ impl StateReader {
         Self::record(Self::get(&self.tx()?, UPLOADS, id)?)
     }
 
-    /// Every committed blob with its index entry, for repair.
-    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, StateError> {
+    /// Up to `n` committed blobs with their index entries, in digest order strictly after
+    /// `after`: a pass over the blob index in bounded pages, for repair.
+    pub fn blobs_after(
+        &self,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<(Digest, BlobRecord)>, StateError> {
         let tx = self.tx()?;
         let t = tx.open_table(BLOBS).map_err(StateError::from)?;
+        let rows = match after {
+            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => t.range::<&str>(..),
+        }
+        .map_err(StateError::from)?;
         let mut out = Vec::new();
-        for row in t.iter().map_err(StateError::from)? {
+        for row in rows.take(n) {
             let (k, v) = row.map_err(StateError::from)?;
             if let Ok(d) = k.value().parse() {
                 out.push((d, decode(v.value()).map_err(StateError::from)?));

@@ -1,9 +1,10 @@
 //! openraft's `RaftStateMachine` over the redb tables of [`super::state`].
 //!
 //! Each `apply` call is one write transaction for the whole batch of entries. It is committed
-//! without its own fsync: the Raft log already holds every entry durably, and after a crash
-//! openraft re-applies from the last durably applied id. Before a snapshot is built (which lets
-//! the log be purged) a durable commit makes everything applied so far permanent.
+//! without its own fsync (but for one batch a second, see [`DURABLE_EVERY`]): the Raft log
+//! already holds every entry durably, and after a crash openraft re-applies from the last
+//! durably applied id. Before a snapshot is built (which lets the log be purged) a durable
+//! commit makes everything applied so far permanent.
 
 use std::io;
 use std::path::Path;
@@ -23,6 +24,16 @@ use super::{LogId, TypeConfig, apply, decode, encode};
 
 type Membership = StoredMembershipOf<TypeConfig>;
 
+/// Memory redb may use to cache the state machine's pages (512 MiB made random manifest reads
+/// of a million tags only 14 % faster, for 500 MiB more per node).
+const STATE_CACHE: usize = 128 << 20;
+
+/// How often an applied batch is committed durably (fsynced) although the log holds it: redb
+/// can reuse the pages a commit frees only after a durable commit, and a durable commit
+/// records the allocator state, so that reopening after a crash need not walk the whole file
+/// (13 s for 2 GiB without it). Once a second costs one fsync a second.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn io_err(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
     io::Error::other(e)
 }
@@ -34,12 +45,18 @@ pub struct StateMachine {
     /// The last applied log id, published as soon as it is in the database (before any
     /// client's write is acknowledged), unlike openraft's metrics, which follow later.
     applied: watch::Sender<Option<LogId>>,
+    /// When the last durable commit was; see [`DURABLE_EVERY`].
+    last_durable: std::time::Instant,
 }
 
 impl StateMachine {
     /// Open (or create) the state machine database and its snapshot directory.
     pub fn open(db_path: &Path, snapshot_dir: &Path) -> io::Result<StateMachine> {
-        let db = Database::create(db_path).map_err(io_err)?;
+        // redb caches 1 GiB by default; the OS page cache holds the rest of a big state.
+        let db = redb::Builder::new()
+            .set_cache_size(STATE_CACHE)
+            .create(db_path)
+            .map_err(io_err)?;
         let tx = db.begin_write().map_err(io_err)?;
         tx.open_table(META).map_err(io_err)?;
         for t in DATA_TABLES {
@@ -51,6 +68,7 @@ impl StateMachine {
             db: Arc::new(db),
             snapshots: SnapshotDir::new(snapshot_dir.to_path_buf())?,
             applied: watch::Sender::new(applied),
+            last_durable: std::time::Instant::now(),
         })
     }
 
@@ -109,6 +127,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // Make every non-durable apply permanent before the log may be purged up to here.
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
+            tx.set_quick_repair(true);
             tx.commit().map_err(io_err)?;
 
             let read = db.begin_read().map_err(io_err)?;
@@ -128,8 +147,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_log_id: applied,
                 last_membership: membership,
             };
+            let started = std::time::Instant::now();
             let file = dir.write(&meta, &read)?;
-            tracing::info!(snapshot = %file.path.display(), "snapshot built");
+            let bytes = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(
+                snapshot = %file.path.display(),
+                bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot built"
+            );
             Ok(SnapshotOf::<TypeConfig, SnapshotFile> { meta, snapshot: file })
         })
         .await
@@ -157,9 +183,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         let db = self.db.clone();
+        let durable = self.last_durable.elapsed() >= DURABLE_EVERY;
+        if durable {
+            self.last_durable = std::time::Instant::now();
+        }
         let (batch, results, last) = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let mut tx = db.begin_write().map_err(io_err)?;
-            tx.set_durability(Durability::None).map_err(io_err)?;
+            if durable {
+                tx.set_durability(Durability::Immediate).map_err(io_err)?;
+                tx.set_quick_repair(true);
+            } else {
+                tx.set_durability(Durability::None).map_err(io_err)?;
+            }
             let mut results = Vec::with_capacity(batch.len());
             let mut last = None;
             let mut membership = None;
@@ -203,8 +238,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let applied = self.applied.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let mut tx = db.begin_write().map_err(io_err)?;
             tx.set_durability(Durability::Immediate).map_err(io_err)?;
+            tx.set_quick_repair(true);
             let file_meta = snapshot::load(&snapshot.path, &tx)?;
             if file_meta.last_log_id != meta.last_log_id {
                 return Err(io::Error::new(
@@ -218,7 +255,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             if !dir.holds(&snapshot.path) {
                 dir.adopt(&meta, &snapshot.path)?;
             }
-            tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+            tracing::info!(
+                last_log_id = ?meta.last_log_id,
+                ms = started.elapsed().as_millis() as u64,
+                "snapshot installed"
+            );
             Ok(())
         })
         .await
