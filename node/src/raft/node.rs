@@ -61,15 +61,17 @@ fn paths(data_dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
     ))
 }
 
-/// Log entries per byte of the newest snapshot after which the next snapshot is built (a
-/// manifest entry is a few hundred bytes; its share of a snapshot is similar).
-const ENTRIES_PER_SNAPSHOT_BYTE: u64 = 1024;
+/// The next snapshot is due after one log entry per this many bytes of the newest snapshot
+/// (a tag's share of a snapshot is about 650 bytes): frequent enough that a new node has at
+/// most a quarter of the state to replay from the log after installing the snapshot, rare
+/// enough that building snapshots costs each write a bounded share.
+const SNAPSHOT_BYTES_PER_ENTRY: u64 = 4096;
 
 /// Build a snapshot (which lets the log be purged) once `every` entries were applied since the
-/// last one, or, for a large state, once as many entries were applied as the last snapshot has
-/// KiB: a snapshot costs time in proportion to the state, so taking one every fixed number of
-/// entries would make the cost of a write grow with the registry (at a million tags a snapshot
-/// took 10 s, and one was due every 10,000 writes).
+/// last one, or, for a large state, once one entry per [`SNAPSHOT_BYTES_PER_ENTRY`] bytes of
+/// the last snapshot was applied: a snapshot costs time in proportion to the state, so taking
+/// one every fixed number of entries would make the cost of a write grow with the registry (at
+/// a million tags a snapshot took 10 s, and one was due every 10,000 writes).
 async fn compact(node: RaftNode, every: u64) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -86,7 +88,7 @@ async fn compact(node: RaftNode, every: u64) {
             .and_then(|(_, f)| std::fs::metadata(&f.path).ok())
             .map(|m| m.len())
             .unwrap_or(0);
-        let due = every.max(last_size / ENTRIES_PER_SNAPSHOT_BYTE);
+        let due = every.max(last_size / SNAPSHOT_BYTES_PER_ENTRY);
         if applied.saturating_sub(snapshot.unwrap_or(0)) < due {
             continue;
         }
