@@ -60,8 +60,9 @@ impl Cluster {
         cluster
     }
 
-    /// Start one more node that joins through a running member. Answers its index.
-    pub fn add_node(&mut self) -> usize {
+    /// Start one more node that joins through a running member, and return without waiting
+    /// for it to be ready. Answers its index.
+    pub fn add_node_unready(&mut self) -> usize {
         let member = self
             .nodes
             .iter_mut()
@@ -70,8 +71,16 @@ impl Cluster {
         let mut env = self.env.clone();
         env.push(("REGISTRY_CLUSTER_JOIN".into(), member));
         let i = self.nodes.len();
-        let node = Node::start_with_env(&format!("node{i}"), &borrowed(&env));
+        let node = Node::start_unready(&format!("node{i}"), &borrowed(&env));
         self.nodes.push(node);
+        i
+    }
+
+    /// Start one more node that joins through a running member, and wait until it is ready.
+    /// Answers its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.add_node_unready();
+        self.nodes[i].wait_ready(crate::node::READY_TIMEOUT);
         i
     }
 
@@ -115,6 +124,33 @@ impl Cluster {
             seen = Some(s);
         }
         seen.ok_or_else(|| "no running node".into())
+    }
+
+    /// Remove node `i` from the cluster (`/cluster/leave` through another running member),
+    /// then stop it. It stays in [`Cluster::nodes`], stopped.
+    pub fn remove_node(&mut self, i: usize) {
+        let id = self.status(i).expect("the leaving node's status").id;
+        let member = (0..self.nodes.len())
+            .find(|&m| m != i && self.nodes[m].is_running())
+            .expect("another running member");
+        let resp = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(CLUSTER_TIMEOUT)
+            .build()
+            .expect("http client")
+            .post(format!("{}/cluster/leave", self.nodes[member].cluster_url()))
+            .bearer_auth(CLUSTER_SECRET)
+            .json(&ipcr_proto::admin::LeaveRequest { id })
+            .send()
+            .expect("POST /cluster/leave");
+        assert!(resp.status().is_success(), "leave of node{i}: {}", resp.status());
+        self.nodes[i].kill9();
+    }
+
+    /// The leader's status, once the running nodes agree on a leader.
+    pub fn wait_leader_status(&mut self) -> ClusterStatus {
+        let i = self.wait_leader();
+        self.status(i).expect("the leader's status")
     }
 
     /// Index of the node that currently leads (waits until the running nodes agree on one).

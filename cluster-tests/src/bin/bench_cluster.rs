@@ -286,6 +286,9 @@ fn main() -> Result<()> {
     let mut cluster = Cluster::start(3, &env);
     let lb = Balancer::start(&cluster.hosts());
     let dist = Distribution::start(work.path())?;
+    // Elections under load would show as a higher term at the end.
+    let term = |cluster: &mut Cluster| cluster.wait_leader_status().term;
+    let term_start = term(&mut cluster);
 
     let (mut big_single, mut big_single_lb, mut big_cluster) = (Vec::new(), Vec::new(), Vec::new());
     let mut big_dist = Vec::new();
@@ -326,6 +329,7 @@ fn main() -> Result<()> {
 
     eprintln!("{TAGS} tags ...");
     let tag_secs = write_tags(&lb.base_url())?;
+    let term_end = term(&mut cluster);
     eprintln!("a new node joins ...");
     let started = Instant::now();
     let i = cluster.add_node();
@@ -393,6 +397,10 @@ fn main() -> Result<()> {
         percentile(&lat, 1.0)
     );
     println!("| writing {TAGS} tags through haproxy, {TAG_WRITERS} clients (s) | | **{tag_secs:.1}** |");
+    println!(
+        "| Raft term before / after the pushes and reads above (default heartbeat and election timeout) | | {term_start} / {term_end} ({} elections) |",
+        term_end - term_start
+    );
     println!(
         "| new node joins a cluster holding {TAGS} tags: ready / serving every tag (s) | | **{ready:.2} / {serving:.2}** |"
     );
