@@ -137,9 +137,14 @@ pub fn percentile(v: &[f64], p: f64) -> f64 {
 
 /// `wrk -t2 -c64 -d10s` requests per second of a manifest GET by tag.
 pub fn wrk(url: &str) -> Result<f64> {
+    wrk_with(&["-H", "Accept: application/vnd.oci.image.manifest.v1+json"], url)
+}
+
+/// `wrk -t2 -c64 -d10s <extra> <url>` requests per second; any non-2xx answer is an error.
+pub fn wrk_with(extra: &[&str], url: &str) -> Result<f64> {
     let out = Command::new("wrk")
         .args(["-t2", "-c64", "-d10s"])
-        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .args(extra)
         .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;

@@ -169,20 +169,8 @@ fn wrk_random(base: &str, tags: usize, repos: usize, work: &Path) -> Result<f64>
             oci::MANIFEST
         ),
     )?;
-    let out = std::process::Command::new("wrk")
-        .args(["-t2", "-c64", "-d10s", "-s"])
-        .arg(&script)
-        .arg(base)
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("Non-2xx") {
-        bail!("wrk saw errors against {base}:\n{text}");
-    }
-    text.lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+    let script = script.to_str().context("a UTF-8 path")?;
+    cluster_tests::bench::wrk_with(&["-s", script], base)
 }
 
 /// `VmRSS` and `VmHWM` of a process, in MiB.
