@@ -263,7 +263,7 @@ fn a_stopped_holder_never_stalls_a_blob_read() {
     assert!(
         cluster.nodes[reader]
             .log()
-            .contains("resuming a blob read from the next holder"),
+            .contains("a blob read resumes from another holder"),
         "one of the two mid-stream stops hit the holder serving the read, which must resume elsewhere"
     );
 }

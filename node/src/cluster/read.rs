@@ -3,10 +3,11 @@
 //!
 //! No single holder can stall a read. Before the client has seen a byte, a holder that has
 //! sent nothing after [`FIRST_BYTE_WAIT`] gets company: the next holder is asked too, and the
-//! first to send wins (the others are dropped, their requests cancelled). Mid-stream, a holder
-//! that sends nothing for [`IDLE_TIMEOUT`], or fails, is replaced by the next one, which
-//! continues at the same offset: the client sees one unbroken body. A holder that failed or
-//! hung goes to the back of the line for a while ([`super::Peers::suspect`]).
+//! first to send wins (the others are dropped, their requests cancelled). Mid-stream the same:
+//! a holder that sends nothing for [`IDLE_TIMEOUT`] keeps its stream while the other holders
+//! are asked to continue from the same offset, and whichever sends first goes on (a failed
+//! holder is replaced outright). The client sees one unbroken body. A holder that failed or
+//! was overtaken goes to the back of the line for a while ([`super::Peers::suspect`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,8 +30,9 @@ use crate::upload::writer::{BODY_CHANNEL, BodyChunk};
 pub const FIRST_BYTE_WAIT: Duration = Duration::from_millis(250);
 /// How long every holder together may take to send a first byte before the read fails.
 pub const FIRST_BYTE_LIMIT: Duration = Duration::from_secs(10);
-/// How long a holder may send nothing mid-stream before the read moves to the next holder.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a holder may send nothing mid-stream before the next holder is asked to continue
+/// too (the first of the two to send goes on).
+pub const IDLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 type Fetched = mpsc::Receiver<Result<Bytes, String>>;
 
@@ -122,14 +124,11 @@ pub struct RemoteBlob {
     offset: u64,
     end: u64,
     idle: Pin<Box<tokio::time::Sleep>>,
-    reopening: Option<Opening>,
-    /// How many times the read moved to another holder.
-    resumed: u32,
+    /// Other holders asked to continue from `offset` while the current one is silent (or
+    /// failed); the first of them to send takes over, unless the current one sends first.
+    hedge: Option<Opening>,
     cache: Option<mpsc::Sender<BodyChunk>>,
 }
-
-/// How many times one read may move to another holder before it fails.
-const MAX_RESUMES: u32 = 8;
 
 /// A receiver that is already closed, in place of a holder's stream given up on.
 fn closed() -> Fetched {
@@ -152,22 +151,34 @@ impl RemoteBlob {
         bytes
     }
 
-    /// Continue from the next holder at the current offset, dropping the current one's
-    /// stream (which cancels its request).
-    fn resume(&mut self, why: String) {
-        let (id, url) = &self.holders.list[self.current];
-        tracing::warn!(holder = %url, offset = self.offset, reason = %why, "resuming a blob read from the next holder");
-        self.holders.peers.suspect(*id);
-        self.rx = closed();
-        self.resumed += 1;
-        if self.resumed > MAX_RESUMES {
-            let e = format!("gave up after {MAX_RESUMES} changes of holder; last: {why}");
-            self.reopening = Some(Box::pin(futures::future::ready(Err(e))));
-            return;
+    /// Ask the other holders to continue from the current offset. A current holder that
+    /// failed is asked again too, last; one that is only silent keeps its stream meanwhile.
+    fn hedge(&mut self, why: &str, failed: bool) {
+        let (_, url) = &self.holders.list[self.current];
+        tracing::warn!(holder = %url, offset = self.offset, reason = %why, "asking the next holder to continue a blob read");
+        let mut order = self.holders.after(self.current);
+        if !failed {
+            order.pop();
         }
-        let order = self.holders.after(self.current);
         let (offset, len) = (self.offset, self.end - self.offset);
-        self.reopening = Some(Box::pin(self.holders.clone().open(order, offset, len)));
+        self.hedge = Some(Box::pin(self.holders.clone().open(order, offset, len)));
+    }
+
+    /// Continue with holder `i`, which sent `first` from the current offset.
+    fn switch(&mut self, i: usize, rx: Fetched) {
+        let (id, url) = &self.holders.list[self.current];
+        tracing::warn!(from = %url, to = %self.holders.list[i].1, offset = self.offset, "a blob read resumes from another holder");
+        self.holders.peers.suspect(*id);
+        self.current = i;
+        // Dropping the old stream cancels its request.
+        self.rx = rx;
+    }
+
+    fn fail(&mut self, e: String) -> Poll<Option<std::io::Result<Bytes>>> {
+        self.hedge = None;
+        self.cache = None;
+        self.end = self.offset;
+        Poll::Ready(Some(Err(std::io::Error::other(e))))
     }
 }
 
@@ -180,37 +191,53 @@ impl futures::Stream for RemoteBlob {
             return Poll::Ready(Some(Ok(this.pass(first))));
         }
         loop {
-            if let Some(opening) = &mut this.reopening {
-                match opening.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(e)) => {
-                        this.reopening = None;
-                        this.cache = None;
-                        this.end = this.offset;
-                        return Poll::Ready(Some(Err(std::io::Error::other(e))));
-                    }
-                    Poll::Ready(Ok((i, first, rx))) => {
-                        this.reopening = None;
-                        this.current = i;
-                        this.rx = rx;
-                        if let Some(first) = first {
-                            return Poll::Ready(Some(Ok(this.pass(first))));
-                        }
-                    }
-                }
-            }
             if this.offset >= this.end {
+                this.hedge = None;
                 this.cache = None;
                 return Poll::Ready(None);
             }
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(bytes))) => return Poll::Ready(Some(Ok(this.pass(bytes)))),
-                Poll::Ready(Some(Err(e))) => this.resume(e),
-                Poll::Ready(None) => this.resume("the holder's stream ended early".into()),
-                Poll::Pending => match this.idle.as_mut().poll(cx) {
-                    Poll::Ready(()) => this.resume(format!("nothing for {IDLE_TIMEOUT:?}")),
+            // The current holder first: when it sends, a hedge in flight is dropped.
+            let failed = match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(bytes))) if !bytes.is_empty() => {
+                    this.hedge = None;
+                    return Poll::Ready(Some(Ok(this.pass(bytes))));
+                }
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => Some(e),
+                Poll::Ready(None) => Some("the holder's stream ended early".to_string()),
+                Poll::Pending => None,
+            };
+            if let Some(why) = failed {
+                this.holders.peers.suspect(this.holders.list[this.current].0);
+                this.rx = closed();
+                if this.hedge.is_none() {
+                    this.hedge(&why, true);
+                }
+            }
+            let current_gone = this.rx.is_closed() && this.rx.is_empty();
+            if let Some(hedge) = &mut this.hedge {
+                match hedge.as_mut().poll(cx) {
+                    Poll::Ready(Ok((i, first, rx))) => {
+                        this.hedge = None;
+                        this.switch(i, rx);
+                        if let Some(first) = first {
+                            return Poll::Ready(Some(Ok(this.pass(first))));
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) if current_gone => return this.fail(e),
+                    // No other holder; the current one is still there: keep waiting for it.
+                    Poll::Ready(Err(_)) => this.hedge = None,
                     Poll::Pending => return Poll::Pending,
-                },
+                }
+            }
+            match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let next = tokio::time::Instant::now() + IDLE_TIMEOUT;
+                    this.idle.as_mut().reset(next);
+                    this.hedge(&format!("nothing for {IDLE_TIMEOUT:?}"), false);
+                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -250,8 +277,7 @@ pub async fn open(
         offset: start,
         end: start + len,
         idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
-        reopening: None,
-        resumed: 0,
+        hedge: None,
         cache,
     })
 }
