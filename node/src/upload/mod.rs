@@ -195,23 +195,12 @@ impl Uploads {
     /// The request may follow one answered by another node a moment ago, so the session is
     /// read after the read barrier: this node has applied every acknowledged change of it.
     async fn session(&self, id: &str) -> Result<Addr<UploadSession>, UploadError> {
-        // Ids are UUIDs we issued; anything else cannot name a session (and must never reach
-        // a file path).
-        if uuid::Uuid::parse_str(id).is_err() {
-            return Err(UploadError::Unknown);
-        }
-        self.ctx.raft.read_barrier().await?;
+        self.settled(id).await?;
         let mut sessions = self.ctx.sessions.lock().expect("sessions lock");
         if let Some(addr) = sessions.get(id).filter(|a| a.connected()) {
             return Ok(addr.clone());
         }
-        let record = self
-            .ctx
-            .raft
-            .reader()
-            .upload(id)
-            .map_err(|e| UploadError::Internal(e.to_string()))?
-            .ok_or(UploadError::Unknown)?;
+        let record = self.replicated(id)?.ok_or(UploadError::Unknown)?;
         let actor = UploadSession::new(id.to_string(), record, self.ctx.clone())?;
         let addr = UploadSession::start_in_arbiter(&self.arbiter, move |_| actor);
         sessions.insert(id.to_string(), addr.clone());
@@ -237,7 +226,7 @@ impl Uploads {
         match result {
             Err(UploadError::Io(e))
                 if e.kind() == std::io::ErrorKind::NotFound
-                    && self.ctx.raft.reader().upload(id).is_ok_and(|u| u.is_none()) =>
+                    && self.replicated(id).is_ok_and(|u| u.is_none()) =>
             {
                 Err(UploadError::Unknown)
             }
@@ -286,18 +275,31 @@ impl Uploads {
             .await?
     }
 
-    /// The replicated record of a session in `repo`, after the read barrier. Not through the
-    /// session's actor: status and cancel never wait behind a chunk being written.
-    async fn record(&self, id: &str, repo: &RepoName) -> Result<ipcr_proto::UploadRecord, UploadError> {
+    /// Check that `id` can name a session, then pass the read barrier: this node has applied
+    /// every acknowledged change of the session.
+    async fn settled(&self, id: &str) -> Result<(), UploadError> {
+        // Ids are UUIDs we issued; anything else cannot name a session (and must never reach
+        // a file path).
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(UploadError::Unknown);
         }
-        self.ctx.raft.read_barrier().await?;
+        Ok(self.ctx.raft.read_barrier().await?)
+    }
+
+    /// The session's replicated record as this node has applied it.
+    fn replicated(&self, id: &str) -> Result<Option<ipcr_proto::UploadRecord>, UploadError> {
         self.ctx
             .raft
             .reader()
             .upload(id)
-            .map_err(|e| UploadError::Internal(e.to_string()))?
+            .map_err(|e| UploadError::Internal(e.to_string()))
+    }
+
+    /// The replicated record of a session in `repo`, after the read barrier. Not through the
+    /// session's actor: status and cancel never wait behind a chunk being written.
+    async fn record(&self, id: &str, repo: &RepoName) -> Result<ipcr_proto::UploadRecord, UploadError> {
+        self.settled(id).await?;
+        self.replicated(id)?
             .filter(|r| &r.repo == repo)
             .ok_or(UploadError::Unknown)
     }
@@ -348,16 +350,11 @@ impl Uploads {
     /// Let the actors of sessions that no longer exist (finished or cancelled through another
     /// node, or purged) stop: the map holds their only address. Answers how many were dropped.
     pub fn sweep(&self) -> Result<usize, UploadError> {
-        let reader = self.ctx.raft.reader();
         let mut sessions = self.ctx.sessions.lock().expect("sessions lock");
         let before = sessions.len();
         let mut live = HashMap::new();
         for (id, addr) in sessions.drain() {
-            if reader
-                .upload(&id)
-                .map_err(|e| UploadError::Internal(e.to_string()))?
-                .is_some()
-            {
+            if self.replicated(&id)?.is_some() {
                 live.insert(id, addr);
             }
         }
