@@ -20,7 +20,7 @@ use crate::cluster::Peers;
 use crate::cluster::read::{self, RemoteBlob};
 use crate::cluster::transfer::Transfers;
 use crate::raft::RaftNode;
-use crate::raft::state::Page;
+use crate::raft::state::{Page, StateError, StateReader};
 use crate::store::{BlobStream, FsStore};
 use crate::upload::Uploads;
 
@@ -167,17 +167,10 @@ impl Registry {
                 self.raft.read_barrier().await?;
                 self.raft.reader().tagged_manifest(repo, tag.as_str())?
             }
-            Reference::Digest(d) => {
-                let known = self.raft.reader().manifest(repo, d)?;
-                let found = match known {
-                    Some(record) => Some(record),
-                    None => {
-                        self.raft.read_barrier().await?;
-                        self.raft.reader().manifest(repo, d)?
-                    }
-                };
-                found.map(|r| (d.clone(), r))
-            }
+            Reference::Digest(d) => self
+                .by_digest(|reader| reader.manifest(repo, d))
+                .await?
+                .map(|r| (d.clone(), r)),
         };
         found
             .map(|(digest, record)| ServedManifest { digest, record })
@@ -306,14 +299,22 @@ impl Registry {
     /// node never gets a stale `404`. (A blob unlinked a moment ago may still be served by a
     /// node that has not applied the unlink yet.)
     pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRecord, RegistryError> {
-        if let Some(record) = self.raft.reader().blob(repo, digest)? {
-            return Ok(record);
+        self.by_digest(|reader| reader.blob(repo, digest))
+            .await?
+            .ok_or_else(|| self.unknown(repo, RegistryError::BlobUnknown))
+    }
+
+    /// Look up content by digest: in the applied state, and only when it is not there, again
+    /// after the read barrier (see [`Registry::blob`]).
+    async fn by_digest<T>(
+        &self,
+        lookup: impl Fn(&StateReader) -> Result<Option<T>, StateError>,
+    ) -> Result<Option<T>, RegistryError> {
+        if let Some(found) = lookup(self.raft.reader())? {
+            return Ok(Some(found));
         }
         self.raft.read_barrier().await?;
-        self.raft
-            .reader()
-            .blob(repo, digest)?
-            .ok_or_else(|| self.unknown(repo, RegistryError::BlobUnknown))
+        Ok(lookup(self.raft.reader())?)
     }
 
     /// Stream `len` bytes of a blob from `start`: from this node's disk when it holds the blob,
