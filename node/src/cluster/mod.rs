@@ -59,7 +59,7 @@ impl Peers {
     pub fn holders(&self, nodes: &[NodeId], key: &str) -> Vec<(NodeId, String)> {
         let mut holders = self.urls(nodes);
         let order = self.ranked(key);
-        holders.sort_by_key(|(id, _)| {
+        holders.sort_by_cached_key(|(id, _)| {
             (
                 self.is_suspect(*id),
                 order.iter().position(|(o, _)| o == id).unwrap_or(usize::MAX),

@@ -36,9 +36,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 type Fetched = mpsc::Receiver<Result<Bytes, String>>;
 
-/// A holder that sent its first bytes: which one, those bytes (none for an empty range), and
-/// the rest of its stream.
-type Opened = (usize, Option<Bytes>, Fetched);
+/// A holder that sent its first bytes: which one, those bytes, and the rest of its stream.
+type Opened = (usize, Bytes, Fetched);
 
 type Opening = Pin<Box<dyn Future<Output = Result<Opened, String>> + Send>>;
 
@@ -56,8 +55,8 @@ struct Holders {
 }
 
 impl Holders {
-    /// Open `[offset, offset + len)` on the first holder to send, trying `order` (indexes
-    /// into the list) as described in the module header.
+    /// Open `[offset, offset + len)` (never empty) on the first holder to send, trying
+    /// `order` (indexes into the list) as described in the module header.
     async fn open(self, order: Vec<usize>, offset: u64, len: u64) -> Result<Opened, String> {
         let mut waiting: FuturesUnordered<Asked> = FuturesUnordered::new();
         let mut queue = order.into_iter();
@@ -74,8 +73,7 @@ impl Holders {
             let more = queue.len() > 0;
             tokio::select! {
                 Some((i, first, rx)) = waiting.next() => match first {
-                    Some(Ok(bytes)) => return Ok((i, Some(bytes), rx)),
-                    None if len == 0 => return Ok((i, None, rx)),
+                    Some(Ok(bytes)) => return Ok((i, bytes, rx)),
                     Some(Err(e)) => {
                         self.peers.suspect(self.list[i].0);
                         last_error = e;
@@ -164,7 +162,7 @@ impl RemoteBlob {
         self.hedge = Some(Box::pin(self.holders.clone().open(order, offset, len)));
     }
 
-    /// Continue with holder `i`, which sent `first` from the current offset.
+    /// Continue with holder `i`, which sent its first bytes from the current offset.
     fn switch(&mut self, i: usize, rx: Fetched) {
         let (id, url) = &self.holders.list[self.current];
         tracing::warn!(from = %url, to = %self.holders.list[i].1, offset = self.offset, "a blob read resumes from another holder");
@@ -220,10 +218,7 @@ impl futures::Stream for RemoteBlob {
                     Poll::Ready(Ok((i, first, rx))) => {
                         this.hedge = None;
                         this.switch(i, rx);
-                        if let Some(first) = first {
-                            return Poll::Ready(Some(Ok(this.pass(first))));
-                        }
-                        continue;
+                        return Poll::Ready(Some(Ok(this.pass(first))));
                     }
                     Poll::Ready(Err(e)) if current_gone => return this.fail(e),
                     // No other holder; the current one is still there: keep waiting for it.
@@ -267,7 +262,7 @@ pub async fn open(
         let order = (0..holders.list.len()).collect();
         let (current, first, rx) = holders.clone().open(order, start, len).await?;
         let cache = (start == 0 && len == record.size).then(|| keep_copy(peers, store, digest, record.size));
-        (current, first, rx, cache)
+        (current, Some(first), rx, cache)
     };
     Ok(RemoteBlob {
         holders,

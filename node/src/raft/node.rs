@@ -29,7 +29,7 @@ use crate::config::ClusterConfig;
 
 /// Pause between attempts while no leader is known (a new leader refuses writes for one round
 /// trip after its election, so the retry comes soon).
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// How long a write waits for a leader and its commit before the client gets `503`: 2 s, or
 /// three of the longest election timeouts when that is more. A new leader is elected within

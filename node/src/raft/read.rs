@@ -20,11 +20,8 @@ use openraft::ServerState;
 use openraft::raft::linearizable_read::LinearizerOption;
 use tokio::sync::oneshot;
 
-use super::node::{RaftError, RaftNode};
+use super::node::{RETRY_PAUSE, RaftError, RaftNode};
 use crate::config::ClusterConfig;
-
-/// Pause between attempts while no leader is known.
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// How long a leader answers reads from its lease after a quorum acknowledged its heartbeat:
 /// the shortest election timeout, half of what openraft's own lease allows, so that clocks
