@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use ipcr_proto::admin::ClusterStatus;
 
 use crate::cluster::{CLUSTER_TIMEOUT, status_of};
-use crate::node::{CLUSTER_SECRET, READY_TIMEOUT, node_binary};
+use crate::node::{READY_TIMEOUT, node_binary, serve};
 use crate::process::Process;
 use crate::tools;
 
@@ -320,21 +320,15 @@ impl NsNode {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace])
             .arg(&self.bin)
-            .arg("serve")
-            .env("REGISTRY_HTTP_ADDR", self.host())
-            .env("REGISTRY_CLUSTER_ADDR", format!("{}:{CLUSTER_PORT}", self.ip))
-            .env("REGISTRY_CLUSTER_ADVERTISE", self.cluster_url())
-            .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env(
-                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
-                self.process.data_dir(),
-            )
-            .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-            // Raft timing: the defaults, as a user gets them.
-            .env("REGISTRY_LOG_LEVEL", "info");
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+            .env("REGISTRY_CLUSTER_ADVERTISE", self.cluster_url());
+        let cluster = format!("{}:{CLUSTER_PORT}", self.ip);
+        serve(
+            &mut cmd,
+            &self.host(),
+            &cluster,
+            &self.process.data_dir(),
+            &self.env,
+        );
         let place = format!("in {} on {}", self.namespace, self.host());
         self.process.spawn(cmd, &place);
     }

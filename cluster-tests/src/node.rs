@@ -100,20 +100,14 @@ impl Node {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("serve")
-            .env("REGISTRY_HTTP_ADDR", self.host())
-            .env(
-                "REGISTRY_CLUSTER_ADDR",
-                format!("127.0.0.1:{}", self.cluster_port),
-            )
-            .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", self.data_dir())
-            .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
-            // Raft timing: the defaults, as a user gets them.
-            .env("REGISTRY_LOG_LEVEL", "info");
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
+        let cluster = format!("127.0.0.1:{}", self.cluster_port);
+        serve(
+            &mut cmd,
+            &self.host(),
+            &cluster,
+            &self.data_dir(),
+            &self.extra_env,
+        );
         let place = format!("on {}", self.host());
         self.process.spawn(cmd, &place);
     }
@@ -136,6 +130,28 @@ impl Node {
         self.process.ensure_stopped();
         self.spawn();
         self.wait_ready(READY_TIMEOUT);
+    }
+}
+
+/// Make `cmd` run `ipcr-node serve` as every test node does: registry port `registry` and
+/// cluster port `cluster` (`host:port`), the shared secret, data in `data`, deletes on, info
+/// logs, Raft timing left at the defaults (as a user gets them); then `extra` on top.
+pub(crate) fn serve(
+    cmd: &mut Command,
+    registry: &str,
+    cluster: &str,
+    data: &Path,
+    extra: &[(String, String)],
+) {
+    cmd.arg("serve")
+        .env("REGISTRY_HTTP_ADDR", registry)
+        .env("REGISTRY_CLUSTER_ADDR", cluster)
+        .env("REGISTRY_CLUSTER_SECRET", CLUSTER_SECRET)
+        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", data)
+        .env("REGISTRY_STORAGE_DELETE_ENABLED", "true")
+        .env("REGISTRY_LOG_LEVEL", "info");
+    for (k, v) in extra {
+        cmd.env(k, v);
     }
 }
 
