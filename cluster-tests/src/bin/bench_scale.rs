@@ -173,6 +173,23 @@ fn wrk_random(base: &str, tags: usize, repos: usize, work: &Path) -> Result<f64>
     cluster_tests::bench::wrk_with(&["-s", script], base)
 }
 
+/// A table row: `measure` against IPCR at `ipcr` and, when given, distribution at `peer`,
+/// each shown by `show`.
+fn side_by_side<T>(
+    what: &str,
+    ipcr: &str,
+    peer: Option<&str>,
+    measure: impl Fn(&str) -> Result<T>,
+    show: impl Fn(T) -> String,
+) -> Result<String> {
+    let mine = show(measure(ipcr)?);
+    let theirs = match peer {
+        Some(p) => show(measure(p)?),
+        None => "not loaded".into(),
+    };
+    Ok(format!("| {what} | {mine} | {theirs} |\n"))
+}
+
 /// `VmRSS` and `VmHWM` of a process, in MiB.
 fn memory(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -391,46 +408,37 @@ fn main() -> Result<()> {
             )
         );
         cluster.remove_node(joined);
-        // Listing.
-        let (cat, pages, items) = page_through(&fbase, "/v2/_catalog?n=1000", "repositories")?;
-        let peer_cat = peer_on
-            .then(|| page_through(&peer.base, "/v2/_catalog?n=1000", "repositories"))
-            .transpose()?;
-        row += &format!(
-            "| `_catalog` by 1000, whole |{}",
-            both(
-                format!("{cat:.2} s ({pages} pages, {items} repositories)"),
-                peer_cat.map(|(s, p, i)| format!("{s:.2} s ({p} pages, {i} repositories)"))
-            )
-        );
-        let (tl, tpages, titems) = page_through(&fbase, "/v2/scale/r0/tags/list?n=100", "tags")?;
-        let peer_tl = peer_on
-            .then(|| page_through(&peer.base, "/v2/scale/r0/tags/list?n=100", "tags"))
-            .transpose()?;
-        row += &format!(
-            "| `tags/list` of one repository by 100, whole |{}",
-            both(
-                format!("{:.1} ms ({tpages} pages, {titems} tags)", tl * 1000.0),
-                peer_tl.map(|(s, p, i)| format!("{:.1} ms ({p} pages, {i} tags)", s * 1000.0))
-            )
-        );
-        // Reads: one tag, as bench_cluster measures them, and tags at random among all.
-        let one = cluster_tests::bench::wrk(&format!("{fbase}{newest}"))?;
-        let peer_one = peer_on
-            .then(|| cluster_tests::bench::wrk(&format!("{}{newest}", peer.base)))
-            .transpose()?;
-        row += &format!(
-            "| manifest GET of one tag (req/s, a follower) |{}",
-            both(format!("{one:.0}"), peer_one.map(|g| format!("{g:.0}")))
-        );
-        let gets = wrk_random(&fbase, target, repos, work.path())?;
-        let peer_gets = peer_on
-            .then(|| wrk_random(&peer.base, target, repos, work.path()))
-            .transpose()?;
-        row += &format!(
-            "| manifest GET of tags at random among all (req/s, a follower) |{}",
-            both(format!("{gets:.0}"), peer_gets.map(|g| format!("{g:.0}")))
-        );
+        // Listing and reads, measured alike on a follower and, when loaded, on distribution.
+        let peer_base = peer_on.then_some(peer.base.as_str());
+        row += &side_by_side(
+            "`_catalog` by 1000, whole",
+            &fbase,
+            peer_base,
+            |b| page_through(b, "/v2/_catalog?n=1000", "repositories"),
+            |(s, p, i)| format!("{s:.2} s ({p} pages, {i} repositories)"),
+        )?;
+        row += &side_by_side(
+            "`tags/list` of one repository by 100, whole",
+            &fbase,
+            peer_base,
+            |b| page_through(b, "/v2/scale/r0/tags/list?n=100", "tags"),
+            |(s, p, i)| format!("{:.1} ms ({p} pages, {i} tags)", s * 1000.0),
+        )?;
+        // One tag, as bench_cluster measures reads, and tags at random among all.
+        row += &side_by_side(
+            "manifest GET of one tag (req/s, a follower)",
+            &fbase,
+            peer_base,
+            |b| cluster_tests::bench::wrk(&format!("{b}{newest}")),
+            |g| format!("{g:.0}"),
+        )?;
+        row += &side_by_side(
+            "manifest GET of tags at random among all (req/s, a follower)",
+            &fbase,
+            peer_base,
+            |b| wrk_random(b, target, repos, work.path()),
+            |g| format!("{g:.0}"),
+        )?;
         // A restart.
         let started = Instant::now();
         cluster.nodes[follower].kill9();
