@@ -14,4 +14,5 @@ pub mod raft;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upload;

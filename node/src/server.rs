@@ -186,10 +186,17 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         );
     }
     spawn_upload_maintenance(parts.registry.clone(), &config);
+    let auth = ipcr_auth::Auth::load(&config.auth)
+        .map_err(io::Error::other)?
+        .map(std::sync::Arc::new);
+    if auth.is_none() {
+        tracing::warn!("no auth configured: anyone who reaches the registry port may push and delete");
+    }
     let state = web::Data::new(ApiState {
         registry: parts.registry.clone(),
         health: parts.health.clone(),
         body_timeout: config.http.bodytimeout.0,
+        auth,
     });
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
@@ -204,7 +211,14 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     if let Some(n) = config.http.workers {
         server = server.workers(n);
     }
-    let server = server.bind(addr)?.run();
+    let server = if config.http.tls.enabled() {
+        let tls = crate::tls::registry_server(&config.http.tls).map_err(io::Error::other)?;
+        tracing::info!("TLS on the registry port");
+        server.bind_rustls_0_23(addr, tls)?
+    } else {
+        server.bind(addr)?
+    };
+    let server = server.run();
     actix_web::rt::spawn(stop_on_signal(
         server.handle(),
         parts.raft.clone(),
@@ -249,9 +263,16 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     // requests: they may need the cluster (forwarded writes, read indexes, peer reads).
     let cluster_server = HttpServer::new(move || api::cluster::app(cluster_state.clone()))
         .workers(2)
-        .disable_signals()
-        .bind(cluster_addr)?
-        .run();
+        .disable_signals();
+    // With `cluster.tls`, only peers with a certificate of the cluster's CA get in; plaintext
+    // connections fail their handshake.
+    let cluster_server = if config.cluster.tls.enabled() {
+        let tls = crate::tls::cluster_server(&config.cluster.tls).map_err(io::Error::other)?;
+        cluster_server.bind_rustls_0_23(cluster_addr, tls)?
+    } else {
+        cluster_server.bind(cluster_addr)?
+    };
+    let cluster_server = cluster_server.run();
     tracing::info!(addr = %cluster_addr, advertise = %parts.advertise, "cluster port listening");
     if let Some(target) = config.cluster.join.clone() {
         spawn_join(&parts, target);

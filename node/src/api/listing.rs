@@ -54,9 +54,14 @@ struct Catalog<'a> {
     repositories: &'a [String],
 }
 
-/// `GET /v2/_catalog[?n=&last=]`.
-pub async fn get_catalog(reg: &Registry, n: usize, last: Option<String>) -> Result<HttpResponse, ApiError> {
-    let page = reg.catalog(last.as_deref(), n).await?;
+/// `GET /v2/_catalog[?n=&last=]`: the repositories `visible` lets the caller see.
+pub async fn get_catalog(
+    reg: &Registry,
+    n: usize,
+    last: Option<String>,
+    visible: impl Fn(&str) -> bool,
+) -> Result<HttpResponse, ApiError> {
+    let page = reg.catalog(last.as_deref(), n, visible).await?;
     let link = next_link("/v2/_catalog", n, &page);
     Ok(page_response(
         &Catalog {

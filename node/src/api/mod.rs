@@ -3,8 +3,9 @@
 //! Every request under `/v2` goes through [`dispatch`]: the router turns it into a typed
 //! [`router::Endpoint`] and a handler named after the OCI operation extracts what it needs,
 //! calls `registry` or `upload`, and builds the response. This single entry point is where
-//! authorization will be added.
+//! access is checked ([`access`]), before any handler runs.
 
+pub mod access;
 pub mod body;
 pub mod cluster;
 pub mod error;
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub health: Health,
     /// `http.bodytimeout`: how long a request body may stall.
     pub body_timeout: std::time::Duration,
+    /// Access control (`auth:`); `None`: open to everyone.
+    pub auth: Option<std::sync::Arc<ipcr_auth::Auth>>,
 }
 
 /// Response settings from the configuration.
@@ -87,6 +90,10 @@ pub fn app(
 
 /// Register the API on an actix-web app.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
+    if let Some(path) = state.auth.as_ref().and_then(|a| a.token_path()) {
+        cfg.route(&path, web::get().to(access::token))
+            .route(&path, web::post().to(access::token));
+    }
     cfg.app_data(state)
         .route("/debug/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
@@ -136,12 +143,19 @@ pub async fn dispatch(
     payload: web::Payload,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let endpoint = router::route(req.method(), req.path(), req.query_string())?;
+    let mut endpoint = router::route(req.method(), req.path(), req.query_string())?;
+    let caller = match &state.auth {
+        Some(auth) => Some((auth, access::check(&req, auth, &mut endpoint).await?)),
+        None => None,
+    };
     let payload = body::RequestBody::new(payload, state.body_timeout);
     let reg = &state.registry;
     match endpoint {
         Endpoint::Base => Ok(HttpResponse::Ok().content_type("application/json").body("{}")),
-        Endpoint::Catalog { n, last } => listing::get_catalog(reg, n, last).await,
+        Endpoint::Catalog { n, last } => {
+            let visible = |name: &str| caller.as_ref().is_none_or(|(auth, id)| auth.may_pull(id, name));
+            listing::get_catalog(reg, n, last, visible).await
+        }
         Endpoint::ListTags { repo, n, last } => listing::list_tags(reg, repo, n, last).await,
         Endpoint::Referrers {
             repo,

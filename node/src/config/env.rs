@@ -61,6 +61,9 @@ fn optional_section(key: &str) -> Option<Value> {
         "filesystem" => serde_json::to_value(FilesystemConfig::default()).ok(),
         "estuary" => serde_json::to_value(EstuaryConfig::default()).ok(),
         "ipfs" => serde_json::to_value(IpfsConfig::default()).ok(),
+        "htpasswd" => serde_json::to_value(ipcr_auth::HtpasswdConfig::default()).ok(),
+        "token" => serde_json::to_value(ipcr_auth::TokenConfig::default()).ok(),
+        "access" => serde_json::to_value(ipcr_auth::AccessConfig::default()).ok(),
         "secret" | "id" => Some(Value::Null),
         _ => None,
     }

@@ -147,6 +147,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// This node's identity in the Raft cluster.
     pub cluster: ClusterConfig,
+    /// Authentication and per-repository policies (off by default).
+    pub auth: ipcr_auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -158,6 +160,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             health: HealthConfig::default(),
             cluster: ClusterConfig::default(),
+            auth: ipcr_auth::AuthConfig::default(),
         }
     }
 }
@@ -209,6 +212,11 @@ impl Config {
     /// Check that the values make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.socket_addr()?;
+        self.http.validate_tls()?;
+        self.cluster.validate_tls()?;
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.http.workers == Some(0) {
             return Err(ConfigError::Invalid("http.workers must be at least 1".into()));
         }

@@ -228,6 +228,83 @@ pub struct HttpConfig {
     /// A request body that delivers less than 16 KiB (and does not end) within this time is
     /// cut off, its chunk discarded as if it never started.
     pub bodytimeout: GoDuration,
+    /// TLS on the registry port (on when `certificate` is set).
+    pub tls: TlsConfig,
+}
+
+/// `http.tls:` (distribution's keys).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; re-read when the file changes.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1); re-read when the file changes.
+    pub key: PathBuf,
+    /// PEM CA bundles: when given, clients must show a certificate one of them issued.
+    pub clientcas: Vec<PathBuf>,
+    /// `tls1.2` (the default) or `tls1.3`.
+    pub minimumtls: Option<String>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.certificate.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return if self.key.as_os_str().is_empty()
+                && self.clientcas.is_empty()
+                && self.minimumtls.is_none()
+            {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid("http.tls needs certificate".into()))
+            };
+        }
+        if self.key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "http.tls.key is required with http.tls.certificate".into(),
+            ));
+        }
+        match self.minimumtls.as_deref() {
+            None | Some("tls1.2") | Some("tls1.3") => Ok(()),
+            Some(v) => Err(ConfigError::Invalid(format!(
+                "http.tls.minimumtls `{v}`: tls1.2 or tls1.3 (older versions are not offered)"
+            ))),
+        }
+    }
+}
+
+/// `cluster.tls:`: mutual TLS between nodes, in addition to the shared secret.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTlsConfig {
+    /// This node's PEM certificate, valid for the host of its advertised URL; shown as server
+    /// and as client.
+    pub certificate: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// The PEM CA that issued every node's certificate: the only one trusted, both ways.
+    pub ca: PathBuf,
+}
+
+impl ClusterTlsConfig {
+    /// Whether mutual TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.certificate.as_os_str().is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = [&self.certificate, &self.key, &self.ca].map(|p| !p.as_os_str().is_empty());
+        if set.iter().any(|s| *s) && !set.iter().all(|s| *s) {
+            return Err(ConfigError::Invalid(
+                "cluster.tls needs certificate, key and ca together".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for HttpConfig {
@@ -239,6 +316,7 @@ impl Default for HttpConfig {
             workers: None,
             draintimeout: GoDuration(Duration::from_secs(30)),
             bodytimeout: GoDuration(Duration::from_secs(30)),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -259,6 +337,11 @@ impl HttpConfig {
     pub fn socket_addr(&self) -> Result<SocketAddr, ConfigError> {
         socket_addr("http.addr", &self.addr)
     }
+
+    /// Check the TLS keys.
+    pub fn validate_tls(&self) -> Result<(), ConfigError> {
+        self.tls.validate()
+    }
 }
 
 impl ClusterConfig {
@@ -278,7 +361,19 @@ impl ClusterConfig {
         } else {
             addr.ip().to_string()
         };
-        Ok(format!("http://{host}:{}", addr.port()))
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
+        Ok(format!("{scheme}://{host}:{}", addr.port()))
+    }
+
+    /// Check the TLS keys against the advertised URL.
+    pub fn validate_tls(&self) -> Result<(), ConfigError> {
+        self.tls.validate()?;
+        if self.tls.enabled() && !self.advertise_url()?.starts_with("https://") {
+            return Err(ConfigError::Invalid(
+                "cluster.advertise must be an https:// URL with cluster.tls".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -347,6 +442,8 @@ pub struct ClusterConfig {
     /// Applied entries kept in the log after a snapshot (for slow followers).
     #[serde(rename = "snapshot-logs")]
     pub snapshot_logs: u64,
+    /// Mutual TLS on the cluster port (on when `certificate` is set): plaintext is refused.
+    pub tls: ClusterTlsConfig,
 }
 
 impl Default for ClusterConfig {
@@ -360,6 +457,7 @@ impl Default for ClusterConfig {
             heartbeat: GoDuration(Duration::from_millis(100)),
             election_timeout: GoDuration(Duration::from_millis(300)),
             snapshot_logs: 5000,
+            tls: ClusterTlsConfig::default(),
         }
     }
 }

@@ -52,14 +52,17 @@ pub enum CallError {
 }
 
 impl ClusterClient {
-    /// A client sending `secret`. Must be created on the runtime that will use it.
-    pub fn new(secret: String) -> ClusterClient {
-        let http = reqwest::Client::builder()
+    /// A client sending `secret`, over mutual TLS when `tls` is given (`cluster.tls`). Must be
+    /// created on the runtime that will use it.
+    pub fn new(secret: String, tls: Option<rustls::ClientConfig>) -> ClusterClient {
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls).https_only(true);
+        }
+        let http = builder.build().expect("HTTP client");
         ClusterClient { http, secret }
     }
 

@@ -168,10 +168,15 @@ impl RaftNode {
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(io::Error::other)?);
+        let tls = if cluster.tls.enabled() {
+            Some(crate::tls::cluster_client(&cluster.tls).map_err(io::Error::other)?)
+        } else {
+            None
+        };
         // The HTTP client must belong to the runtime that uses it, so it is made there.
         let (raft, client) = runtime
             .spawn(async move {
-                let client = ClusterClient::new(secret);
+                let client = ClusterClient::new(secret, tls);
                 let raft = Raft::new(id, config, NetworkFactory::new(client.clone()), log, sm).await;
                 raft.map(|r| (r, client))
             })

@@ -272,9 +272,37 @@ impl Registry {
     }
 
     /// A page of the catalog (linearizable).
-    pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page, RegistryError> {
+    pub async fn catalog(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Page, RegistryError> {
         self.raft.read_barrier().await?;
-        Ok(self.raft.reader().catalog(last, n)?)
+        let reader = self.raft.reader();
+        let mut page = Page {
+            items: Vec::new(),
+            more: false,
+        };
+        let mut after = last.map(str::to_string);
+        // Pages of the whole catalog are read until `n` visible names are found: a caller who
+        // may see few repositories among many still gets full pages, and no hidden name.
+        loop {
+            let batch = reader.catalog(after.as_deref(), n.max(100))?;
+            for name in batch.items {
+                if page.items.len() == n {
+                    page.more = true;
+                    return Ok(page);
+                }
+                after = Some(name.clone());
+                if visible(&name) {
+                    page.items.push(name);
+                }
+            }
+            if !batch.more {
+                return Ok(page);
+            }
+        }
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.

@@ -63,6 +63,9 @@ impl TestNode {
             registry: parts.registry.clone(),
             health: parts.health.clone(),
             body_timeout: config.http.bodytimeout.0,
+            auth: ipcr_auth::Auth::load(&config.auth)
+                .expect("auth configuration loads")
+                .map(std::sync::Arc::new),
         });
         TestNode {
             state,
@@ -126,6 +129,7 @@ impl Drop for TestNode {
 
 use std::rc::Rc;
 
+use actix_web::HttpMessage as _;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::header;
@@ -164,11 +168,24 @@ pub struct Api {
 impl Api {
     /// Initialise the test service of `node`.
     pub async fn new(node: &TestNode) -> Api {
+        Api::new_as(node, None).await
+    }
+
+    /// Initialise the test service of `node`, sending `authorization` with every request that
+    /// has no `Authorization` header of its own.
+    pub async fn new_as(node: &TestNode, authorization: Option<String>) -> Api {
         let app = Rc::new(test::init_service(node.app()).await);
         let call: Call = Box::new(move |req: TestRequest, streamed: bool| {
             let app = app.clone();
+            let authorization = authorization.clone();
             Box::pin(async move {
                 let mut req = req.to_request();
+                if let Some(a) = authorization
+                    && !req.headers().contains_key(header::AUTHORIZATION)
+                {
+                    req.headers_mut()
+                        .insert(header::AUTHORIZATION, a.parse().expect("header value"));
+                }
                 if streamed {
                     // A body sent with chunked transfer-encoding has no Content-Length.
                     req.headers_mut().remove(header::CONTENT_LENGTH);
