@@ -67,25 +67,56 @@ struct Access {
     /// The cluster secret (else REGISTRY_CLUSTER_SECRET, else cluster.secret of --config).
     #[arg(long, env = "REGISTRY_CLUSTER_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// A node configuration file to read cluster.secret from.
+    /// A node configuration file to read cluster.secret (and cluster.tls) from.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The CA of the cluster port's certificates (cluster.tls.ca), for https:// node URLs.
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// The client certificate the cluster port asks for with cluster.tls (any node's will do).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 impl Access {
     fn client(&self) -> anyhow::Result<Admin> {
-        let secret = match (&self.secret, &self.config) {
+        let config = match &self.config {
+            Some(path) => Some(Config::load(Some(path), std::env::vars())?),
+            None => None,
+        };
+        let secret = match (&self.secret, &config) {
             (Some(s), _) => s.clone(),
-            (None, Some(path)) => Config::load(Some(path), std::env::vars())?
+            (None, Some(c)) => c
                 .cluster
                 .secret
+                .clone()
                 .context("the configuration has no cluster.secret")?,
             (None, None) => bail!("give the cluster secret: --secret, REGISTRY_CLUSTER_SECRET or --config"),
         };
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(900))
-            .build()?;
-        Ok(Admin { http, secret })
+        let mut http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(900));
+        // Flags first, else the node configuration's own cluster.tls.
+        let tls = match (&self.cacert, config.as_ref().map(|c| &c.cluster.tls)) {
+            (Some(ca), _) => {
+                let identity = self.cert.as_deref().zip(self.key.as_deref());
+                Some(ipcr_node::tls::client(
+                    ca,
+                    identity,
+                    ["--cacert", "--cert", "--key"],
+                )?)
+            }
+            (None, Some(t)) if t.enabled() => Some(ipcr_node::tls::cluster_client(t)?),
+            _ => None,
+        };
+        if let Some(tls) = tls {
+            http = http.tls_backend_preconfigured(tls);
+        }
+        Ok(Admin {
+            http: http.build()?,
+            secret,
+        })
     }
 }
 
