@@ -9,6 +9,7 @@
 //! `exp`, `nbf` and `iat` are checked with [`LEEWAY`].
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
@@ -53,6 +54,7 @@ impl ResourceActions {
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     iss: String,
+    exp: u64,
     #[serde(default)]
     sub: String,
     #[serde(default)]
@@ -194,6 +196,14 @@ struct Signer {
     kid: String,
 }
 
+/// Tokens verified lately, by the SHA-256 of the token, with their `exp`. A client sends the
+/// same token with every request of a pull or push; a signature check costs tens of
+/// microseconds, a lookup well under one.
+type Verifications = HashMap<[u8; 32], (Verified, u64)>;
+
+/// At most this many verified tokens are remembered.
+const REMEMBERED: usize = 10_000;
+
 /// Everything needed to verify (and, with a signing key, issue) tokens.
 pub struct Tokens {
     issuer: String,
@@ -202,6 +212,7 @@ pub struct Tokens {
     roots: Vec<TrustAnchor<'static>>,
     signer: Option<Signer>,
     expiration: u64,
+    verified: Mutex<Verifications>,
 }
 
 impl Tokens {
@@ -266,6 +277,7 @@ impl Tokens {
             roots,
             signer,
             expiration: c.expiration,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -274,8 +286,34 @@ impl Tokens {
         self.signer.is_some()
     }
 
-    /// Verify a token.
+    /// Verify a token (or find it verified lately and not expired since).
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        {
+            let mut seen = self.verified.lock().expect("verified lock");
+            match seen.get(&key) {
+                Some((v, exp)) if now <= exp + LEEWAY => return Ok(v.clone()),
+                Some(_) => {
+                    seen.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let (verified, exp) = self.verify_signed(token)?;
+        let mut seen = self.verified.lock().expect("verified lock");
+        if seen.len() >= REMEMBERED {
+            seen.retain(|_, (_, exp)| now <= *exp + LEEWAY);
+            if seen.len() >= REMEMBERED {
+                seen.clear();
+            }
+        }
+        seen.insert(key, (verified.clone(), exp));
+        Ok(verified)
+    }
+
+    /// Check a token's signature and claims; its `exp` with it.
+    fn verify_signed(&self, token: &str) -> Result<(Verified, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(TokenError::Malformed(format!(
@@ -328,11 +366,14 @@ impl Tokens {
             .as_ref()
             .is_some_and(|s| header.kid.as_deref() == Some(s.kid.as_str()))
             && header.x5c.is_none();
-        Ok(Verified {
-            subject: data.claims.sub,
-            access: data.claims.access,
-            own,
-        })
+        Ok((
+            Verified {
+                subject: data.claims.sub,
+                access: data.claims.access,
+                own,
+            },
+            data.claims.exp,
+        ))
     }
 
     /// The key of the leaf of an `x5c` chain that verifies up to a root.
