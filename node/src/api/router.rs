@@ -9,7 +9,7 @@ use actix_web::http::Method;
 use ipcr_proto::{Algorithm, Digest, ErrorCode, Reference, RepoName, Tag};
 use percent_encoding::percent_decode_str;
 
-use super::error::ApiError;
+use super::error::{ApiError, echo};
 
 /// The largest page of tags or repositories answered at once.
 pub const MAX_PAGE: usize = 10_000;
@@ -137,28 +137,23 @@ fn decode(s: &str) -> Result<String, ApiError> {
 
 fn repo(segments: &[&str]) -> Result<RepoName, ApiError> {
     let name = decode(&segments.join("/"))?;
-    name.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::NameInvalid,
-            format!("invalid repository name `{name}`"),
-        )
-    })
+    repo_from(&name)
 }
 
 fn digest(s: &str) -> Result<Digest, ApiError> {
     let s = decode(s)?;
-    s.parse()
-        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {e}")))
+    digest_of(&s)
 }
 
 fn reference(s: &str, for_write: bool) -> Result<Reference, ApiError> {
     let s = decode(s)?;
     s.parse().map_err(|e: ipcr_proto::NameError| match e {
-        ipcr_proto::NameError::Digest(d) => {
-            ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {d}"))
-        }
-        _ if for_write => ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{s}`")),
-        _ => ApiError::new(ErrorCode::ManifestUnknown, format!("invalid tag `{s}`")),
+        ipcr_proto::NameError::Digest(d) => ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest `{}`: {}", echo(&s), echo(&d.to_string())),
+        ),
+        _ if for_write => ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{}`", echo(&s))),
+        _ => ApiError::new(ErrorCode::ManifestUnknown, format!("invalid tag `{}`", echo(&s))),
     })
 }
 
@@ -243,8 +238,11 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     .as_ref()
                     .map(|d| d.algorithm())
                     .unwrap_or(Algorithm::Sha256),
-                Some(a) => a.parse().map_err(|e| {
-                    ApiError::new(ErrorCode::DigestInvalid, format!("digest-algorithm `{a}`: {e}"))
+                Some(a) => a.parse().map_err(|e: ipcr_proto::DigestError| {
+                    ApiError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("digest-algorithm `{}`: {}", echo(a), echo(&e.to_string())),
+                    )
                 })?,
             };
             return Ok(Endpoint::StartUpload {
@@ -314,7 +312,10 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                         .filter(|(k, _)| k == "tag")
                         .map(|(_, v)| {
                             v.parse::<Tag>().map_err(|_| {
-                                ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{v}`"))
+                                ApiError::new(
+                                    ErrorCode::ManifestInvalid,
+                                    format!("invalid tag `{}`", echo(v)),
+                                )
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
@@ -352,14 +353,18 @@ fn repo_from(name: &str) -> Result<RepoName, ApiError> {
     name.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::NameInvalid,
-            format!("invalid repository name `{name}`"),
+            format!("invalid repository name `{}`", echo(name)),
         )
     })
 }
 
 fn digest_of(s: &str) -> Result<Digest, ApiError> {
-    s.parse()
-        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {e}")))
+    s.parse().map_err(|e: ipcr_proto::DigestError| {
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest `{}`: {}", echo(s), echo(&e.to_string())),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -573,5 +578,41 @@ mod tests {
                 .as_u16(),
             400
         );
+    }
+
+    #[test]
+    fn errors_quote_only_a_prefix_of_the_input() {
+        let long = "a".repeat(10_000);
+        let cases = [
+            route(&Method::GET, &format!("/v2/{long}/tags/list"), ""),
+            route(&Method::GET, &format!("/v2/r/blobs/sha256:{long}"), ""),
+            route(&Method::GET, &format!("/v2/r/blobs/{long}:{long}"), ""),
+            route(&Method::GET, &format!("/v2/r/manifests/{long}"), ""),
+            route(
+                &Method::PUT,
+                &format!("/v2/r/manifests/{D}"),
+                &format!("tag=.{long}"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("digest-algorithm={long}"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("mount={long}&from=x"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("mount={D}&from={long}"),
+            ),
+        ];
+        for case in cases {
+            let e = case.unwrap_err();
+            assert!(e.message.len() < 200, "{} bytes: {}", e.message.len(), e.message);
+            assert!(e.message.contains('…'), "{}", e.message);
+        }
     }
 }
