@@ -374,3 +374,38 @@ async fn config_and_layers_must_be_blobs() {
         must_fail(resp, 400, "MANIFEST_BLOB_UNKNOWN").await;
     }
 }
+
+#[actix_web::test]
+async fn too_many_tags_in_one_push_are_refused_before_the_body() {
+    let node = TestNode::start(test_config()).await;
+    let api = Api::new(&node).await;
+    let image = must_push_image(&api, REPO, "v1", "many tags").await;
+    let tags = |n: usize| (0..n).map(|i| format!("tag={i}")).collect::<Vec<_>>().join("&");
+    let push = |query: String, body: Vec<u8>| {
+        TestRequest::put()
+            .uri(&format!("/v2/{REPO}/manifests/{}?{query}", image.digest))
+            .insert_header(("Content-Type", OCI_MANIFEST))
+            .set_payload(body)
+    };
+
+    // The probe's push: refused whatever the body (here none worth reading), no tag created.
+    let resp = api.send(push(tags(6_000), b"not even json".to_vec())).await;
+    let envelope = must_fail(resp, 400, "MANIFEST_INVALID").await;
+    let limit = ipcr_node::api::router::MAX_PUSH_TAGS;
+    assert_eq!(envelope["errors"][0]["detail"]["limit"], limit);
+    must_fail(
+        api.get(&format!("/v2/{REPO}/manifests/0")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+
+    // At the cap: every tag is created and answered.
+    let resp = api.send(push(tags(limit), image.bytes.clone())).await;
+    must_status(&resp, 201);
+    assert_eq!(headers(&resp, "OCI-Tag").len(), limit);
+    must_status(
+        &api.head(&format!("/v2/{REPO}/manifests/{}", limit - 1)).await,
+        200,
+    );
+}

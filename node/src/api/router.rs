@@ -14,6 +14,12 @@ use super::error::{ApiError, echo};
 /// The largest page of tags or repositories answered at once.
 pub const MAX_PAGE: usize = 10_000;
 
+/// The most `?tag=` parameters one manifest push may carry. The `201` answers with one
+/// `OCI-Tag` header per tag, and common HTTP clients (hyper, Python's `http.client`) refuse a
+/// response with more than 100 headers: 64 leaves room for the reference tag, the push's own
+/// headers and `http.headers`. A push above the cap is refused before its body is read.
+pub const MAX_PUSH_TAGS: usize = 64;
+
 /// Every operation of the API.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Endpoint {
@@ -307,6 +313,16 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     head: *method == Method::HEAD,
                 }),
                 Method::PUT => {
+                    let given = pairs.iter().filter(|(k, _)| k == "tag").count();
+                    if given > MAX_PUSH_TAGS {
+                        return Err(ApiError::new(
+                            ErrorCode::ManifestInvalid,
+                            format!(
+                                "too many tags: {given} `tag` parameters, at most {MAX_PUSH_TAGS} per push"
+                            ),
+                        )
+                        .with_detail(serde_json::json!({ "tags": given, "limit": MAX_PUSH_TAGS })));
+                    }
                     let tags = pairs
                         .iter()
                         .filter(|(k, _)| k == "tag")
@@ -578,6 +594,29 @@ mod tests {
                 .as_u16(),
             400
         );
+    }
+
+    #[test]
+    fn tags_per_push_are_capped() {
+        let query = |n: usize| (0..n).map(|i| format!("tag=t{i}")).collect::<Vec<_>>().join("&");
+        match ok(
+            Method::PUT,
+            &format!("/v2/r/manifests/{D}"),
+            &query(MAX_PUSH_TAGS),
+        ) {
+            Endpoint::PutManifest { tags, .. } => assert_eq!(tags.len(), MAX_PUSH_TAGS),
+            other => panic!("{other:?}"),
+        }
+        // Counted as given: repeats count too, and the cap comes before any tag is parsed.
+        for q in [
+            query(MAX_PUSH_TAGS + 1),
+            "tag=a&".repeat(6_000),
+            "tag=.bad&".repeat(6_000),
+        ] {
+            let e = route(&Method::PUT, &format!("/v2/r/manifests/{D}"), &q).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (400, ErrorCode::ManifestInvalid));
+            assert_eq!(e.detail["limit"], MAX_PUSH_TAGS);
+        }
     }
 
     #[test]
