@@ -217,6 +217,15 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestBlobUnknown, e.to_string())
                     .with_detail(serde_json::json!({ "digest": d.to_string() }))
             }
+            RegistryError::DescriptorSize {
+                ref digest,
+                declared,
+                expected,
+            } => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()).with_detail(serde_json::json!({
+                "digest": digest.to_string(),
+                "declared": declared,
+                "expected": expected,
+            })),
             RegistryError::DigestInvalid(m) => ApiError::new(ErrorCode::DigestInvalid, m),
             RegistryError::DeleteDisabled => ApiError::new(ErrorCode::Unsupported, e.to_string())
                 .with_status(StatusCode::METHOD_NOT_ALLOWED),
@@ -282,6 +291,18 @@ mod tests {
             ),
             (
                 RegistryError::ManifestInvalid(ipcr_proto::manifest::ManifestError::Schema1).into(),
+                ErrorCode::ManifestInvalid,
+                400,
+            ),
+            (
+                RegistryError::DescriptorSize {
+                    digest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                        .parse()
+                        .unwrap(),
+                    declared: 999_999,
+                    expected: 11,
+                }
+                .into(),
                 ErrorCode::ManifestInvalid,
                 400,
             ),
