@@ -1,11 +1,15 @@
-//! Storage backend health (`health.storagedriver`): a periodic probe and the state that
-//! `/debug/health` reports; and whether the node is draining (stopping), which `/ready` reports.
+//! Storage health: the periodic probes and the state that `/debug/health` and `/ready` report;
+//! and whether the node is draining (stopping), which `/ready` reports.
 //!
-//! The probe writes, fsyncs, reads back and removes a small file in the data directory, and,
-//! when an IPFS backend is configured, makes an authenticated call to it. Each check is
-//! reported unhealthy after `threshold` consecutive failures; one success clears it. Only the
-//! disk decides readiness: while the backend is down, pushes go on and blobs wait on the
-//! nodes' disks until it is back.
+//! The disk probe always runs, every [`DISK_PROBE_INTERVAL`]: it writes, fsyncs, reads back and
+//! removes a small file in each directory the node writes (`uploads/`, where every push lands
+//! first, and `blobs/`); a node that cannot store must not look ready, so no setting turns it
+//! off. The disk is unhealthy after [`DISK_THRESHOLD`] consecutive failures. The IPFS backend
+//! probe (`health.storagedriver`, off by default) makes an authenticated call to the backend
+//! every `interval` and reports it unhealthy after `threshold` failures; it costs a request to
+//! a service that may count them, hence the setting. One success clears a check. Only the disk
+//! decides readiness: while the backend is down, pushes go on and blobs wait on the nodes'
+//! disks until it is back.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,14 @@ use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::config::StorageDriverHealthConfig;
+
+/// Time between two probes of the disk: a broken directory makes the node unready within
+/// `DISK_THRESHOLD` of these. Each probe writes and fsyncs a few bytes per directory.
+pub const DISK_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Consecutive failed disk probes before the node reports itself unable to store: one failure
+/// may be a passing hiccup, which should not take the node out of a load balancer.
+pub const DISK_THRESHOLD: u32 = 2;
 
 /// Shared health state. Cheap to clone.
 #[derive(Clone)]
@@ -72,12 +84,13 @@ impl Check {
 }
 
 impl Health {
-    /// A healthy state: the disk, and the named IPFS backend (`estuary`, `ipfs`) if any.
-    pub fn new(backend: Option<&str>, threshold: u32) -> Health {
+    /// A healthy state: the disk, and the named IPFS backend (`estuary`, `ipfs`) if any, which
+    /// is unhealthy after `backend_threshold` failures (`health.storagedriver.threshold`).
+    pub fn new(backend: Option<&str>, backend_threshold: u32) -> Health {
         Health {
             inner: Arc::new(Mutex::new(Checks {
-                disk: Check::new("filesystem", threshold),
-                backend: backend.map(|b| Check::new(b, threshold)),
+                disk: Check::new("filesystem", DISK_THRESHOLD),
+                backend: backend.map(|b| Check::new(b, backend_threshold)),
             })),
             draining: Arc::default(),
         }
@@ -139,14 +152,36 @@ pub fn probe(dir: &Path) -> Result<(), String> {
     result
 }
 
-/// Probe `dir` (and the IPFS backend, when there is one) every `interval` forever (on the
-/// current tokio runtime), when enabled.
-pub fn spawn_probe(
-    health: Health,
-    dir: PathBuf,
-    backend: Option<Backend>,
-    config: &StorageDriverHealthConfig,
-) {
+/// One probe of each of `dirs`; the first failure names its directory by its last component
+/// (`uploads: Not a directory`), not by its path, which is the operator's business.
+pub fn probe_dirs(dirs: &[PathBuf]) -> Result<(), String> {
+    for dir in dirs {
+        probe(dir).map_err(|e| {
+            let name = dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            format!("{name}: {e}")
+        })?;
+    }
+    Ok(())
+}
+
+/// Probe `dirs` now and then every `interval`, forever (on the current tokio runtime).
+/// Always running: readiness depends on it. The server passes [`DISK_PROBE_INTERVAL`].
+pub fn spawn_disk_probe(health: Health, dirs: Vec<PathBuf>, interval: Duration) {
+    tokio::spawn(async move {
+        loop {
+            let d = dirs.clone();
+            let outcome = tokio::task::spawn_blocking(move || probe_dirs(&d))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            health.record_disk(outcome);
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+/// Probe the IPFS backend every `health.storagedriver.interval` forever (on the current tokio
+/// runtime), when `health.storagedriver.enabled`.
+pub fn spawn_backend_probe(health: Health, backend: Backend, config: &StorageDriverHealthConfig) {
     if !config.enabled {
         return;
     }
@@ -154,14 +189,7 @@ pub fn spawn_probe(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            let d = dir.clone();
-            let outcome = tokio::task::spawn_blocking(move || probe(&d))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            health.record_disk(outcome);
-            if let Some(b) = &backend {
-                health.record_backend(b.probe().await.map_err(|e| e.to_string()));
-            }
+            health.record_backend(backend.probe().await.map_err(|e| e.to_string()));
         }
     });
 }
@@ -173,8 +201,9 @@ mod tests {
     #[test]
     fn threshold_failures_then_one_success() {
         let h = Health::new(None, 3);
-        h.record_disk(Err("a".into()));
-        h.record_disk(Err("b".into()));
+        for _ in 1..DISK_THRESHOLD {
+            h.record_disk(Err("a".into()));
+        }
         assert!(h.problems().is_empty());
         h.record_disk(Err("c".into()));
         assert_eq!(
@@ -205,5 +234,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(probe(dir.path()).is_ok());
         assert!(probe(&dir.path().join("missing")).is_err());
+        let (uploads, blobs) = (dir.path().join("uploads"), dir.path().join("blobs"));
+        std::fs::create_dir(&blobs).unwrap();
+        std::fs::write(&uploads, b"a file where the directory was").unwrap();
+        let dirs = [uploads.clone(), blobs];
+        let e = probe_dirs(&dirs).unwrap_err();
+        assert!(e.starts_with("uploads: "), "{e}");
+        assert!(!e.contains(&dir.path().display().to_string()), "{e}");
+        std::fs::remove_file(&uploads).unwrap();
+        std::fs::create_dir(&uploads).unwrap();
+        assert!(probe_dirs(&dirs).is_ok());
+        // Nothing is left behind.
+        assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
     }
 }

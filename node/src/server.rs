@@ -178,12 +178,18 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     let parts = start(&config, raft_rt.clone(), arbiter).await?;
     {
         let _guard = raft_rt.enter();
-        health::spawn_probe(
+        health::spawn_disk_probe(
             parts.health.clone(),
-            parts.data_dir.clone(),
-            parts.registry.backend().cloned(),
-            &config.health.storagedriver,
+            parts.registry.store().dirs(),
+            health::DISK_PROBE_INTERVAL,
         );
+        if let Some(backend) = parts.registry.backend() {
+            health::spawn_backend_probe(
+                parts.health.clone(),
+                backend.clone(),
+                &config.health.storagedriver,
+            );
+        }
     }
     spawn_upload_maintenance(parts.registry.clone(), &config);
     let auth = ipcr_auth::Auth::load(&config.auth)

@@ -374,3 +374,96 @@ async fn config_and_layers_must_be_blobs() {
         must_fail(resp, 400, "MANIFEST_BLOB_UNKNOWN").await;
     }
 }
+
+#[actix_web::test]
+async fn too_many_tags_in_one_push_are_refused_before_the_body() {
+    let node = TestNode::start(test_config()).await;
+    let api = Api::new(&node).await;
+    let image = must_push_image(&api, REPO, "v1", "many tags").await;
+    let tags = |n: usize| (0..n).map(|i| format!("tag={i}")).collect::<Vec<_>>().join("&");
+    let push = |query: String, body: Vec<u8>| {
+        TestRequest::put()
+            .uri(&format!("/v2/{REPO}/manifests/{}?{query}", image.digest))
+            .insert_header(("Content-Type", OCI_MANIFEST))
+            .set_payload(body)
+    };
+
+    // The probe's push: refused whatever the body (here none worth reading), no tag created.
+    let resp = api.send(push(tags(6_000), b"not even json".to_vec())).await;
+    let envelope = must_fail(resp, 400, "MANIFEST_INVALID").await;
+    let limit = ipcr_node::api::router::MAX_PUSH_TAGS;
+    assert_eq!(envelope["errors"][0]["detail"]["limit"], limit);
+    must_fail(
+        api.get(&format!("/v2/{REPO}/manifests/0")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+
+    // At the cap: every tag is created and answered.
+    let resp = api.send(push(tags(limit), image.bytes.clone())).await;
+    must_status(&resp, 201);
+    assert_eq!(headers(&resp, "OCI-Tag").len(), limit);
+    must_status(
+        &api.head(&format!("/v2/{REPO}/manifests/{}", limit - 1)).await,
+        200,
+    );
+}
+
+#[actix_web::test]
+async fn descriptor_sizes_must_match_the_content() {
+    let node = TestNode::start(test_config()).await;
+    let api = Api::new(&node).await;
+    let config = must_push_blob(&api, REPO, b"config").await;
+    let layer = must_push_blob(&api, REPO, b"eleven byte").await;
+
+    let cases = [
+        (
+            "layer",
+            oci((&config, 6), &[(&layer, 999_999)]),
+            &layer,
+            999_999,
+            11,
+        ),
+        ("short layer", oci((&config, 6), &[(&layer, 10)]), &layer, 10, 11),
+        ("config", oci((&config, 0), &[(&layer, 11)]), &config, 0, 6),
+    ];
+    for (what, bytes, digest, declared, expected) in cases {
+        let resp = put_manifest(&api, REPO, "sized", Some(OCI_MANIFEST), &bytes).await;
+        let envelope = must_fail(resp, 400, "MANIFEST_INVALID").await;
+        let error = &envelope["errors"][0];
+        assert!(
+            error["message"].as_str().unwrap().contains(digest.as_str()),
+            "{what}: {error}"
+        );
+        assert_eq!(error["detail"]["digest"], **digest, "{what}");
+        assert_eq!(error["detail"]["declared"], declared, "{what}");
+        assert_eq!(error["detail"]["expected"], expected, "{what}");
+    }
+    must_fail(
+        api.get(&format!("/v2/{REPO}/manifests/sized")).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    )
+    .await;
+
+    // The true sizes are accepted; an index must give its children's lengths too.
+    let image = oci((&config, 6), &[(&layer, 11)]);
+    let child = must_put_manifest(&api, REPO, "sized", OCI_MANIFEST, &image).await;
+    let d: ipcr_proto::Digest = child.parse().unwrap();
+    let repo: ipcr_proto::RepoName = REPO.parse().unwrap();
+    assert_eq!(
+        node.parts.raft.reader().manifest_len(&repo, &d).unwrap(),
+        Some(image.len() as u64)
+    );
+    for (media_type, child_type) in [(OCI_INDEX, OCI_MANIFEST), (DOCKER_LIST, DOCKER_MANIFEST)] {
+        let index = |size: usize| {
+            index_manifest(media_type, &[descriptor(child_type, &child, size)], "").into_bytes()
+        };
+        let resp = put_manifest(&api, REPO, "idx", Some(media_type), &index(image.len() + 1)).await;
+        let envelope = must_fail(resp, 400, "MANIFEST_INVALID").await;
+        assert_eq!(envelope["errors"][0]["detail"]["digest"], child);
+        assert_eq!(envelope["errors"][0]["detail"]["expected"], image.len());
+        must_put_manifest(&api, REPO, "idx", media_type, &index(image.len())).await;
+    }
+}

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use actix_web::test::{self, TestRequest};
-use common::{Api, TestNode, must_start_upload, must_status, patch_chunk, test_config};
+use common::{Api, TestNode, json, must_start_upload, must_status, patch_chunk, test_config};
 
 #[actix_web::test]
 async fn purging_drops_abandoned_sessions_and_their_actors() {
@@ -62,7 +62,7 @@ async fn sweep_lets_go_of_actors_whose_session_ended_elsewhere() {
 }
 
 #[actix_web::test]
-async fn health_reports_the_backend_after_threshold_failures() {
+async fn health_reports_the_disk_after_threshold_failures() {
     let node = TestNode::start(test_config()).await;
     let app = test::init_service(node.app()).await;
     let get = |uri: &'static str| TestRequest::get().uri(uri).to_request();
@@ -72,7 +72,7 @@ async fn health_reports_the_backend_after_threshold_failures() {
     assert_eq!(test::read_body(resp).await, "{}");
     assert_eq!(test::call_service(&app, get("/ready")).await.status(), 200);
 
-    let threshold = node.config.health.storagedriver.threshold;
+    let threshold = ipcr_node::health::DISK_THRESHOLD;
     for _ in 0..threshold - 1 {
         node.parts.health.record_disk(Err("disk on fire".into()));
     }
@@ -87,4 +87,62 @@ async fn health_reports_the_backend_after_threshold_failures() {
     node.parts.health.record_disk(Ok(()));
     assert_eq!(test::call_service(&app, get("/debug/health")).await.status(), 200);
     assert_eq!(test::call_service(&app, get("/ready")).await.status(), 200);
+}
+
+/// Poll `uri` until it answers `status`, for at most 10 s.
+async fn wait_status(api: &Api, uri: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = api.get(uri).await.status();
+        if got.as_u16() == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{uri} never answered {status} (last {got})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_node_whose_uploads_dir_is_broken_is_unready_until_it_is_back() {
+    let node = TestNode::start(test_config()).await;
+    let api = Api::new(&node).await;
+    // The probe the server runs, faster; `health.storagedriver` is off, as by default.
+    assert!(!node.config.health.storagedriver.enabled);
+    ipcr_node::health::spawn_disk_probe(
+        node.parts.health.clone(),
+        node.parts.registry.store().dirs(),
+        Duration::from_millis(20),
+    );
+    wait_status(&api, "/ready", 200).await;
+
+    let uploads = node.dir.path().join("uploads");
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::fs::write(&uploads, b"a file where the directory was").unwrap();
+    wait_status(&api, "/ready", 503).await;
+    let body = json(api.get("/ready").await).await;
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("storagedriver_filesystem: uploads: "),
+        "{body}"
+    );
+    let resp = api.get("/debug/health").await;
+    assert_eq!(resp.status(), 503);
+    let body = json(resp).await;
+    assert!(
+        body["storagedriver_filesystem"]
+            .as_str()
+            .unwrap()
+            .starts_with("uploads: "),
+        "{body}"
+    );
+
+    std::fs::remove_file(&uploads).unwrap();
+    std::fs::create_dir(&uploads).unwrap();
+    wait_status(&api, "/ready", 200).await;
+    wait_status(&api, "/debug/health", 200).await;
 }

@@ -18,7 +18,8 @@ use crate::names::{RepoName, Tag};
 /// Raft node identifier. Never reused.
 pub type NodeId = u64;
 
-/// A manifest as the state machine records it.
+/// A manifest as the state machine records it. `media_type` and `bytes` stay the first two
+/// fields: the node reads a manifest's length from the encoded record's head.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestRecord {
     /// The media type it was pushed with; served back as Content-Type.

@@ -2,7 +2,8 @@
 //! manifest and manifest list), and the referrer descriptor a manifest with a `subject` yields.
 //!
 //! The bytes a client pushed are stored and served untouched; this module only reads them to
-//! learn what they reference, so the registry can refuse a manifest whose blobs are missing.
+//! learn what they reference and which size each reference declares, so the registry can
+//! refuse a manifest whose blobs are missing or of another size.
 
 use std::collections::BTreeMap;
 
@@ -72,6 +73,8 @@ pub struct ManifestInfo {
     pub blobs: Vec<Digest>,
     /// Child manifests (index entries) that must exist in the repository.
     pub children: Vec<Digest>,
+    /// The size the manifest declares for each digest in `blobs` and `children`.
+    pub sizes: BTreeMap<Digest, u64>,
     /// The manifest it refers to, when it is an artifact attached to another.
     pub subject: Option<Digest>,
     /// `artifactType`, or for an image manifest without one, its config's media type.
@@ -84,6 +87,18 @@ pub struct ManifestInfo {
 fn is_foreign(d: &Descriptor) -> bool {
     d.urls.as_ref().is_some_and(|u| !u.is_empty())
         && (d.media_type.contains("foreign") || d.media_type.contains("nondistributable"))
+}
+
+/// Record the size `d` declares for its digest: one digest is one content, so a manifest that
+/// gives it two sizes contradicts itself.
+fn declare(sizes: &mut BTreeMap<Digest, u64>, d: &Descriptor) -> Result<(), ManifestError> {
+    match sizes.insert(d.digest.clone(), d.size) {
+        Some(other) if other != d.size => Err(ManifestError::Invalid(format!(
+            "{} is declared with two sizes, {other} and {}",
+            d.digest, d.size
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Strip parameters (`; charset=...`) from a Content-Type.
@@ -129,6 +144,7 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<Manifes
         media_type,
         blobs: Vec::new(),
         children: Vec::new(),
+        sizes: BTreeMap::new(),
         subject: raw.subject.map(|s| s.digest),
         artifact_type: raw.artifact_type.clone(),
         annotations: raw.annotations,
@@ -140,7 +156,10 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<Manifes
         if raw.config.is_some() || raw.layers.is_some() {
             return Err(ManifestError::Invalid("an index has no config or layers".into()));
         }
-        info.children = manifests.into_iter().map(|d| d.digest).collect();
+        for child in manifests {
+            declare(&mut info.sizes, &child)?;
+            info.children.push(child.digest);
+        }
     } else {
         let config = raw
             .config
@@ -156,9 +175,10 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<Manifes
         if info.artifact_type.is_none() {
             info.artifact_type = Some(config.media_type.clone());
         }
-        info.blobs.push(config.digest);
-        info.blobs
-            .extend(layers.into_iter().filter(|l| !is_foreign(l)).map(|l| l.digest));
+        for blob in std::iter::once(config).chain(layers.into_iter().filter(|l| !is_foreign(l))) {
+            declare(&mut info.sizes, &blob)?;
+            info.blobs.push(blob.digest);
+        }
     }
     info.blobs.sort();
     info.blobs.dedup();
@@ -209,6 +229,8 @@ mod tests {
         let info = parse_manifest(Some(media::OCI_MANIFEST), image("").as_bytes()).unwrap();
         assert_eq!(info.media_type, media::OCI_MANIFEST);
         assert_eq!(info.blobs.len(), 2);
+        assert_eq!(info.sizes[&D1.parse::<Digest>().unwrap()], 2);
+        assert_eq!(info.sizes[&D2.parse::<Digest>().unwrap()], 3);
         assert!(info.children.is_empty());
         assert_eq!(
             info.artifact_type.as_deref(),
@@ -236,6 +258,7 @@ mod tests {
         );
         let info = parse_manifest(Some(media::OCI_INDEX), body.as_bytes()).unwrap();
         assert_eq!(info.children.len(), 1);
+        assert_eq!(info.sizes[&D1.parse::<Digest>().unwrap()], 7);
         assert!(info.blobs.is_empty());
         let inferred = parse_manifest(None, body.as_bytes()).unwrap();
         assert_eq!(inferred.media_type, media::OCI_INDEX);
@@ -270,6 +293,14 @@ mod tests {
         assert!(parse_manifest(None, bad_digest.as_bytes()).is_err());
         let negative = image("").replace("\"size\":3", "\"size\":-3");
         assert!(parse_manifest(None, negative.as_bytes()).is_err());
+        // The config's digest again as a layer, with another size.
+        let two_sizes = image("").replace(D2, D1);
+        assert!(matches!(
+            parse_manifest(None, two_sizes.as_bytes()),
+            Err(ManifestError::Invalid(m)) if m.contains("two sizes")
+        ));
+        let same_size = image("").replace(D2, D1).replace("\"size\":3", "\"size\":2");
+        assert_eq!(parse_manifest(None, same_size.as_bytes()).unwrap().blobs.len(), 1);
     }
 
     #[test]

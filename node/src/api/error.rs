@@ -1,7 +1,12 @@
 //! The one place that decides an error's HTTP status and OCI error code.
 //!
 //! Every failure reaching a client goes through [`ApiError`], whose response is the spec's JSON
-//! envelope. 5xx answers are logged with their full cause chain.
+//! envelope. What a client is told is short and fixed where it could leak the node's insides:
+//! 5xx and 503 answers carry only the code's message, never a cause chain, a peer's address or
+//! a URL; client input is quoted at most [`ECHO_LIMIT`] characters long ([`echo`]) and every
+//! message is cut at [`MESSAGE_LIMIT`]. The details go to [`ApiError::cause`], which the request
+//! middleware (`api::request_span`) logs with the request id that the response carries in
+//! [`REQUEST_ID_HEADER`].
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -13,6 +18,26 @@ use crate::raft::RaftError;
 use crate::registry::RegistryError;
 use crate::upload::UploadError;
 
+/// The response header (`X-Request-Id`) carrying the id of the request, which every log line
+/// of the request (and the one describing its error) carries too. Lower case, as
+/// `HeaderName::from_static` wants it.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The most characters of one piece of client input an error message quotes. Echoing input
+/// whole lets a client make the node send (and log) anything it likes, 10 kB at a time.
+pub const ECHO_LIMIT: usize = 64;
+
+/// The longest message an error envelope carries, whatever built it (a lower layer's message
+/// may quote input too, such as a JSON parser's).
+pub const MESSAGE_LIMIT: usize = 256;
+
+/// The message of every `500`: the cause is in the log, under the request id.
+const INTERNAL_MESSAGE: &str = "internal error; the registry's log has the details under the request id";
+
+/// The message of every `503`: which node or peer could not be reached is the operator's
+/// business, not the client's.
+const UNAVAILABLE_MESSAGE: &str = "service unavailable; retry later";
+
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -20,12 +45,28 @@ pub struct ApiError {
     pub status: StatusCode,
     /// OCI error code.
     pub code: ErrorCode,
-    /// Message for the envelope.
+    /// Message for the envelope (at most [`MESSAGE_LIMIT`] characters).
     pub message: String,
     /// Detail for the envelope.
     pub detail: Value,
     /// Extra response headers (`Range` on 416, `Retry-After` on 503, ...).
     pub headers: Vec<(HeaderName, String)>,
+    /// What went wrong underneath (a cause chain, a peer's error), for the log only: never sent.
+    pub cause: Option<String>,
+}
+
+/// `input` as an error message may quote it: its first [`ECHO_LIMIT`] characters, with an
+/// ellipsis when it was longer.
+pub fn echo(input: &str) -> String {
+    cut(input, ECHO_LIMIT)
+}
+
+/// At most `limit` characters of `s` (on a character boundary), `…` marking a cut.
+fn cut(s: &str, limit: usize) -> String {
+    match s.char_indices().nth(limit) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
 }
 
 /// The status each code gets when nothing more specific applies.
@@ -50,9 +91,10 @@ impl ApiError {
         ApiError {
             status: default_status(code),
             code,
-            message: message.into(),
+            message: cut(&message.into(), MESSAGE_LIMIT),
             detail: Value::Null,
             headers: Vec::new(),
+            cause: None,
         }
     }
 
@@ -74,6 +116,12 @@ impl ApiError {
         self
     }
 
+    /// Record what went wrong underneath, for the log.
+    pub fn with_cause(mut self, cause: impl Into<String>) -> ApiError {
+        self.cause = Some(cause.into());
+        self
+    }
+
     /// No API endpoint at this path.
     pub fn not_found() -> ApiError {
         ApiError::new(ErrorCode::Unsupported, "no such API endpoint").with_status(StatusCode::NOT_FOUND)
@@ -86,7 +134,9 @@ impl ApiError {
             .with_header(actix_web::http::header::ALLOW, allow)
     }
 
-    fn internal(cause: &dyn std::error::Error) -> ApiError {
+    /// A failure of the node itself (`500 UNKNOWN`): the client gets a fixed message, the log
+    /// the whole cause chain.
+    pub fn internal(cause: &dyn std::error::Error) -> ApiError {
         let mut chain = cause.to_string();
         let mut source = cause.source();
         while let Some(s) = source {
@@ -94,12 +144,30 @@ impl ApiError {
             chain.push_str(&s.to_string());
             source = s.source();
         }
-        tracing::error!(error = %chain, "internal error");
-        ApiError::new(ErrorCode::Unknown, chain)
+        ApiError::new(ErrorCode::Unknown, INTERNAL_MESSAGE).with_cause(chain)
     }
 
-    fn unavailable(message: String) -> ApiError {
-        ApiError::new(ErrorCode::Unavailable, message).with_header(actix_web::http::header::RETRY_AFTER, "1")
+    /// The cluster cannot serve the request now (`503 UNAVAILABLE` with `Retry-After`); `why`
+    /// (which names peers and their URLs) goes to the log only.
+    pub fn unavailable(why: String) -> ApiError {
+        ApiError::new(ErrorCode::Unavailable, UNAVAILABLE_MESSAGE)
+            .with_header(actix_web::http::header::RETRY_AFTER, "1")
+            .with_cause(why)
+    }
+
+    /// Log this error, in the request's span (so with its id): 5xx as errors with their cause,
+    /// 503 as a warning (the cluster, not this node, is at fault), refusals of bad input at
+    /// debug level (the access log already has their status).
+    pub fn log(&self) {
+        let (status, code) = (self.status.as_u16(), self.code);
+        let cause = self.cause.as_deref().unwrap_or("");
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(status, ?code, cause, "request failed: unavailable");
+        } else if self.status.is_server_error() {
+            tracing::error!(status, ?code, cause, "request failed: internal error");
+        } else {
+            tracing::debug!(status, ?code, message = %self.message, cause, "request refused");
+        }
     }
 }
 
@@ -149,6 +217,15 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestBlobUnknown, e.to_string())
                     .with_detail(serde_json::json!({ "digest": d.to_string() }))
             }
+            RegistryError::DescriptorSize {
+                ref digest,
+                declared,
+                expected,
+            } => ApiError::new(ErrorCode::ManifestInvalid, e.to_string()).with_detail(serde_json::json!({
+                "digest": digest.to_string(),
+                "declared": declared,
+                "expected": expected,
+            })),
             RegistryError::DigestInvalid(m) => ApiError::new(ErrorCode::DigestInvalid, m),
             RegistryError::DeleteDisabled => ApiError::new(ErrorCode::Unsupported, e.to_string())
                 .with_status(StatusCode::METHOD_NOT_ALLOWED),
@@ -217,6 +294,18 @@ mod tests {
                 ErrorCode::ManifestInvalid,
                 400,
             ),
+            (
+                RegistryError::DescriptorSize {
+                    digest: "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                        .parse()
+                        .unwrap(),
+                    declared: 999_999,
+                    expected: 11,
+                }
+                .into(),
+                ErrorCode::ManifestInvalid,
+                400,
+            ),
             (UploadError::Unknown.into(), ErrorCode::BlobUploadUnknown, 404),
             (
                 UploadError::RangeMismatch { size: 10 }.into(),
@@ -260,5 +349,43 @@ mod tests {
                 .iter()
                 .any(|(n, _)| n == actix_web::http::header::RETRY_AFTER)
         );
+    }
+
+    #[test]
+    fn server_errors_tell_the_client_nothing_of_their_cause() {
+        let why = "no read index within 4s: http://127.0.0.1:5236/cluster/read-index: error sending request";
+        let e: ApiError = RaftError::Unavailable(why.into()).into();
+        assert_eq!(e.message, UNAVAILABLE_MESSAGE);
+        assert_eq!(e.cause.as_deref(), Some(why));
+
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "open /data/uploads/x");
+        let e: ApiError = UploadError::Io(io).into();
+        assert_eq!((e.status.as_u16(), e.message.as_str()), (500, INTERNAL_MESSAGE));
+        assert!(e.cause.as_deref().is_some_and(|c| c.contains("/data/uploads/x")));
+        let e: ApiError = RegistryError::Internal("invariant".into()).into();
+        assert_eq!(e.message, INTERNAL_MESSAGE);
+
+        for e in [
+            ApiError::unavailable(why.into()),
+            ApiError::internal(&std::io::Error::other(why)),
+        ] {
+            let body = actix_web::body::MessageBody::try_into_bytes(e.error_response().into_body())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&body);
+            assert!(!text.contains("127.0.0.1") && !text.contains("http"), "{text}");
+        }
+    }
+
+    #[test]
+    fn echoed_input_and_messages_are_cut() {
+        assert_eq!(echo("short"), "short");
+        let long = "a".repeat(10_000);
+        let quoted = echo(&long);
+        assert_eq!(quoted.chars().count(), ECHO_LIMIT + 1);
+        assert!(quoted.ends_with('…'));
+        // Cut on a character boundary, never inside one.
+        assert_eq!(echo(&"ä".repeat(100)).chars().count(), ECHO_LIMIT + 1);
+        let e = ApiError::new(ErrorCode::ManifestInvalid, long);
+        assert_eq!(e.message.chars().count(), MESSAGE_LIMIT + 1);
     }
 }

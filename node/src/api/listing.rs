@@ -84,7 +84,6 @@ pub async fn get_referrers(
     if artifact_type.is_some() {
         resp.insert_header(("OCI-Filters-Applied", "artifactType"));
     }
-    let body = serde_json::to_vec(&ReferrersIndex::new(list))
-        .map_err(|e| ApiError::new(ipcr_proto::ErrorCode::Unknown, e.to_string()))?;
+    let body = serde_json::to_vec(&ReferrersIndex::new(list)).map_err(|e| ApiError::internal(&e))?;
     Ok(resp.body(body))
 }

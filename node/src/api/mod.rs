@@ -111,30 +111,49 @@ pub fn default_headers(settings: &HttpSettings) -> DefaultHeaders {
     headers
 }
 
-/// A span per request, and an access log line unless disabled.
+/// A span per request, with an id that every response carries in [`error::REQUEST_ID_HEADER`]
+/// (so a client's report can be matched with the log); the error's details, logged in the span;
+/// and an access log line unless disabled.
 pub async fn request_span(
     access_log: bool,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
     let is_probe = matches!(req.path(), "/ready" | "/debug/health");
-    let span = tracing::info_span!("request", id = %&id[..12], method = %req.method(), path = %req.path());
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
-    let res = next.call(req).instrument(span.clone()).await;
-    // Health checks every second or two would drown the log.
-    if access_log && !is_probe {
-        let _enter = span.enter();
-        match &res {
-            Ok(r) => tracing::info!(
-                status = r.status().as_u16(),
-                ms = started.elapsed().as_millis() as u64,
-                "served"
-            ),
-            Err(e) => tracing::info!(error = %e, "failed"),
+    // Handlers' and extractors' errors arrive as responses (actix turns them into one, keeping
+    // the error); only a failure of actix itself arrives as `Err`, with no response to mark.
+    let mut res = match next.call(req).instrument(span.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _enter = span.enter();
+            tracing::error!(error = %e, "request failed");
+            return Err(e);
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(error::REQUEST_ID_HEADER), v);
+    }
+    let _enter = span.enter();
+    if let Some(e) = res.response().error() {
+        match e.as_error::<ApiError>() {
+            Some(api) => api.log(),
+            None if res.status().is_server_error() => tracing::error!(error = %e, "request failed"),
+            None => tracing::debug!(error = %e, "request refused"),
         }
     }
-    res
+    // Health checks every second or two would drown the log.
+    if access_log && !is_probe {
+        tracing::info!(
+            status = res.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "served"
+        );
+    }
+    Ok(res)
 }
 
 /// The single entry point of `/v2`.

@@ -19,9 +19,10 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 /// `GET /ready`: `200` when this node can serve linearizable reads (which proves a leader with a
-/// quorum behind it, so writes can commit too) and has a healthy disk; `503` with the reason
-/// otherwise, and from the moment it starts stopping. An unhealthy IPFS backend does not make
-/// a node unready. Answers within the read timeout (the longest election timeout).
+/// quorum behind it, so writes can commit too) and has a healthy disk; `503` with a short
+/// reason otherwise (the details are logged), and from the moment it starts stopping. An
+/// unhealthy IPFS backend does not make a node unready. Answers within the read timeout (the
+/// longest election timeout).
 pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     let unready = |reason: String| {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false, "reason": reason }))
@@ -34,6 +35,10 @@ pub async fn ready(state: web::Data<ApiState>) -> HttpResponse {
     }
     match state.registry.raft().read_barrier().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "ready": true })),
-        Err(e) => unready(e.to_string()),
+        Err(e) => {
+            // The error names peers and their cluster URLs: the log's, not the load balancer's.
+            tracing::warn!(error = %e, "not ready: no linearizable read");
+            unready("no leader with a quorum answered".into())
+        }
     }
 }

@@ -9,10 +9,16 @@ use actix_web::http::Method;
 use ipcr_proto::{Algorithm, Digest, ErrorCode, Reference, RepoName, Tag};
 use percent_encoding::percent_decode_str;
 
-use super::error::ApiError;
+use super::error::{ApiError, echo};
 
 /// The largest page of tags or repositories answered at once.
 pub const MAX_PAGE: usize = 10_000;
+
+/// The most `?tag=` parameters one manifest push may carry. The `201` answers with one
+/// `OCI-Tag` header per tag, and common HTTP clients (hyper, Python's `http.client`) refuse a
+/// response with more than 100 headers: 64 leaves room for the reference tag, the push's own
+/// headers and `http.headers`. A push above the cap is refused before its body is read.
+pub const MAX_PUSH_TAGS: usize = 64;
 
 /// Every operation of the API.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,28 +143,23 @@ fn decode(s: &str) -> Result<String, ApiError> {
 
 fn repo(segments: &[&str]) -> Result<RepoName, ApiError> {
     let name = decode(&segments.join("/"))?;
-    name.parse().map_err(|_| {
-        ApiError::new(
-            ErrorCode::NameInvalid,
-            format!("invalid repository name `{name}`"),
-        )
-    })
+    repo_from(&name)
 }
 
 fn digest(s: &str) -> Result<Digest, ApiError> {
     let s = decode(s)?;
-    s.parse()
-        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {e}")))
+    digest_of(&s)
 }
 
 fn reference(s: &str, for_write: bool) -> Result<Reference, ApiError> {
     let s = decode(s)?;
     s.parse().map_err(|e: ipcr_proto::NameError| match e {
-        ipcr_proto::NameError::Digest(d) => {
-            ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {d}"))
-        }
-        _ if for_write => ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{s}`")),
-        _ => ApiError::new(ErrorCode::ManifestUnknown, format!("invalid tag `{s}`")),
+        ipcr_proto::NameError::Digest(d) => ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest `{}`: {}", echo(&s), echo(&d.to_string())),
+        ),
+        _ if for_write => ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{}`", echo(&s))),
+        _ => ApiError::new(ErrorCode::ManifestUnknown, format!("invalid tag `{}`", echo(&s))),
     })
 }
 
@@ -243,8 +244,11 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     .as_ref()
                     .map(|d| d.algorithm())
                     .unwrap_or(Algorithm::Sha256),
-                Some(a) => a.parse().map_err(|e| {
-                    ApiError::new(ErrorCode::DigestInvalid, format!("digest-algorithm `{a}`: {e}"))
+                Some(a) => a.parse().map_err(|e: ipcr_proto::DigestError| {
+                    ApiError::new(
+                        ErrorCode::DigestInvalid,
+                        format!("digest-algorithm `{}`: {}", echo(a), echo(&e.to_string())),
+                    )
                 })?,
             };
             return Ok(Endpoint::StartUpload {
@@ -309,12 +313,25 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                     head: *method == Method::HEAD,
                 }),
                 Method::PUT => {
+                    let given = pairs.iter().filter(|(k, _)| k == "tag").count();
+                    if given > MAX_PUSH_TAGS {
+                        return Err(ApiError::new(
+                            ErrorCode::ManifestInvalid,
+                            format!(
+                                "too many tags: {given} `tag` parameters, at most {MAX_PUSH_TAGS} per push"
+                            ),
+                        )
+                        .with_detail(serde_json::json!({ "tags": given, "limit": MAX_PUSH_TAGS })));
+                    }
                     let tags = pairs
                         .iter()
                         .filter(|(k, _)| k == "tag")
                         .map(|(_, v)| {
                             v.parse::<Tag>().map_err(|_| {
-                                ApiError::new(ErrorCode::ManifestInvalid, format!("invalid tag `{v}`"))
+                                ApiError::new(
+                                    ErrorCode::ManifestInvalid,
+                                    format!("invalid tag `{}`", echo(v)),
+                                )
                             })
                         })
                         .collect::<Result<Vec<_>, _>>()?;
@@ -352,14 +369,18 @@ fn repo_from(name: &str) -> Result<RepoName, ApiError> {
     name.parse().map_err(|_| {
         ApiError::new(
             ErrorCode::NameInvalid,
-            format!("invalid repository name `{name}`"),
+            format!("invalid repository name `{}`", echo(name)),
         )
     })
 }
 
 fn digest_of(s: &str) -> Result<Digest, ApiError> {
-    s.parse()
-        .map_err(|e| ApiError::new(ErrorCode::DigestInvalid, format!("invalid digest `{s}`: {e}")))
+    s.parse().map_err(|e: ipcr_proto::DigestError| {
+        ApiError::new(
+            ErrorCode::DigestInvalid,
+            format!("invalid digest `{}`: {}", echo(s), echo(&e.to_string())),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -573,5 +594,64 @@ mod tests {
                 .as_u16(),
             400
         );
+    }
+
+    #[test]
+    fn tags_per_push_are_capped() {
+        let query = |n: usize| (0..n).map(|i| format!("tag=t{i}")).collect::<Vec<_>>().join("&");
+        match ok(
+            Method::PUT,
+            &format!("/v2/r/manifests/{D}"),
+            &query(MAX_PUSH_TAGS),
+        ) {
+            Endpoint::PutManifest { tags, .. } => assert_eq!(tags.len(), MAX_PUSH_TAGS),
+            other => panic!("{other:?}"),
+        }
+        // Counted as given: repeats count too, and the cap comes before any tag is parsed.
+        for q in [
+            query(MAX_PUSH_TAGS + 1),
+            "tag=a&".repeat(6_000),
+            "tag=.bad&".repeat(6_000),
+        ] {
+            let e = route(&Method::PUT, &format!("/v2/r/manifests/{D}"), &q).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (400, ErrorCode::ManifestInvalid));
+            assert_eq!(e.detail["limit"], MAX_PUSH_TAGS);
+        }
+    }
+
+    #[test]
+    fn errors_quote_only_a_prefix_of_the_input() {
+        let long = "a".repeat(10_000);
+        let cases = [
+            route(&Method::GET, &format!("/v2/{long}/tags/list"), ""),
+            route(&Method::GET, &format!("/v2/r/blobs/sha256:{long}"), ""),
+            route(&Method::GET, &format!("/v2/r/blobs/{long}:{long}"), ""),
+            route(&Method::GET, &format!("/v2/r/manifests/{long}"), ""),
+            route(
+                &Method::PUT,
+                &format!("/v2/r/manifests/{D}"),
+                &format!("tag=.{long}"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("digest-algorithm={long}"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("mount={long}&from=x"),
+            ),
+            route(
+                &Method::POST,
+                "/v2/r/blobs/uploads/",
+                &format!("mount={D}&from={long}"),
+            ),
+        ];
+        for case in cases {
+            let e = case.unwrap_err();
+            assert!(e.message.len() < 200, "{} bytes: {}", e.message.len(), e.message);
+            assert!(e.message.contains('…'), "{}", e.message);
+        }
     }
 }

@@ -394,13 +394,14 @@ pub struct HealthConfig {
     pub storagedriver: StorageDriverHealthConfig,
 }
 
-/// `health.storagedriver:`.
+/// `health.storagedriver:`: the probe of the IPFS backend. The node's own disk is probed
+/// whatever this says (`health::DISK_PROBE_INTERVAL`): readiness depends on it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageDriverHealthConfig {
-    /// Run the probe.
+    /// Probe the IPFS backend, when one is configured.
     pub enabled: bool,
-    /// Time between probes.
+    /// Time between backend probes.
     pub interval: GoDuration,
     /// Consecutive failures before the backend is reported unhealthy.
     pub threshold: u32,

@@ -152,6 +152,24 @@ impl StateReader {
         Self::record(Self::get(&tx, MANIFESTS, &d)?)
     }
 
+    /// The length of a manifest held by the repository, read without copying its bytes (a
+    /// manifest may be 4 MiB, and an index can name thousands): only the record's leading
+    /// fields are decoded, `media_type` and then the length prefix of `bytes`, which bincode
+    /// writes as it writes a `u64`. `ManifestRecord` must keep those two fields first.
+    pub fn manifest_len(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, StateError> {
+        let tx = self.tx()?;
+        let d = digest.to_string();
+        if !Self::has(&tx, REPO_MANIFESTS, &key(&[repo.as_str(), &d]))? {
+            return Ok(None);
+        }
+        let t = tx.open_table(MANIFESTS).map_err(StateError::from)?;
+        let Some(value) = t.get(d.as_str()).map_err(StateError::from)? else {
+            return Ok(None);
+        };
+        let (_media_type, len): (String, u64) = decode(value.value()).map_err(StateError::from)?;
+        Ok(Some(len))
+    }
+
     /// Resolve a tag and read its manifest in one consistent view.
     pub fn tagged_manifest(
         &self,

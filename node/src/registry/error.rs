@@ -28,6 +28,16 @@ pub enum RegistryError {
     /// The manifest references a blob or child manifest the repository lacks.
     #[error("manifest references unknown {0}")]
     ManifestBlobUnknown(Digest),
+    /// A descriptor in the manifest declares a size its content does not have.
+    #[error("descriptor {digest} declares {declared} bytes; the content has {expected}")]
+    DescriptorSize {
+        /// The descriptor's digest.
+        digest: Digest,
+        /// The size the descriptor declares.
+        declared: u64,
+        /// The size of the content in the repository.
+        expected: u64,
+    },
     /// A digest does not match the content.
     #[error("{0}")]
     DigestInvalid(String),

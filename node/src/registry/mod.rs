@@ -1,6 +1,7 @@
-//! The registry's rules: what a manifest push must satisfy, how tags, referrers, mounts and
-//! deletes behave, and which reads need the read barrier (tags, listings, referrers, and any
-//! digest this node does not know yet; a digest it knows is immutable and served as is).
+//! The registry's rules: what a manifest push must satisfy (its references present, of the sizes
+//! it declares), how tags, referrers, mounts and deletes behave, and which reads need the read
+//! barrier (tags, listings, referrers, and any digest this node does not know yet; a digest it
+//! knows is immutable and served as is).
 //!
 //! Called by `api` handlers; calls `raft` (commands and reads), `upload` and `store`. Knows no
 //! HTTP: failures are [`RegistryError`]s that `api/error.rs` maps to OCI codes.
@@ -8,7 +9,7 @@
 pub mod error;
 
 use bytes::Bytes;
-use ipcr_proto::manifest::{Descriptor, MAX_MANIFEST_SIZE, parse_manifest};
+use ipcr_proto::manifest::{Descriptor, MAX_MANIFEST_SIZE, ManifestInfo, parse_manifest};
 use ipcr_proto::{
     BlobRecord, Command, CommandResult, Digest, ManifestRecord, PinState, Reference, Reject, RepoName, Tag,
 };
@@ -202,6 +203,7 @@ impl Registry {
             }
             Reference::Tag(tag) => (ipcr_proto::Algorithm::Sha256.digest_bytes(&body), vec![tag]),
         };
+        self.check_sizes(&repo, &info).await?;
         for t in extra_tags {
             if !tags.contains(&t) {
                 tags.push(t);
@@ -233,6 +235,50 @@ impl Registry {
             }
             CommandResult::Rejected(r) => Err(RegistryError::Internal(r.to_string())),
         }
+    }
+
+    /// Refuse a manifest whose descriptors declare sizes their content does not have: a client
+    /// trusting it would fetch, allocate or verify the wrong number of bytes. A digest's size
+    /// never changes, so a check made before the proposal cannot be raced (whether the content
+    /// is still there is checked again when the command is applied). Content this node has not
+    /// applied yet is looked for again after the read barrier; content missing even then is
+    /// left to the apply, which refuses the manifest with `MANIFEST_BLOB_UNKNOWN`.
+    async fn check_sizes(&self, repo: &RepoName, info: &ManifestInfo) -> Result<(), RegistryError> {
+        if self.compare_sizes(repo, info)? {
+            self.raft.read_barrier().await?;
+            self.compare_sizes(repo, info)?;
+        }
+        Ok(())
+    }
+
+    /// One pass of [`Registry::check_sizes`] over the applied state: answers whether some
+    /// referenced content was not found. Blobs are sized by the blob index, child manifests
+    /// by their stored bytes.
+    fn compare_sizes(&self, repo: &RepoName, info: &ManifestInfo) -> Result<bool, RegistryError> {
+        let reader = self.raft.reader();
+        let blobs = info
+            .blobs
+            .iter()
+            .map(|d| (d, reader.blob(repo, d).map(|b| b.map(|b| b.size))));
+        let children = info.children.iter().map(|d| (d, reader.manifest_len(repo, d)));
+        let mut missing = false;
+        for (digest, found) in blobs.chain(children) {
+            let Some(expected) = found? else {
+                missing = true;
+                continue;
+            };
+            let Some(&declared) = info.sizes.get(digest) else {
+                continue;
+            };
+            if declared != expected {
+                return Err(RegistryError::DescriptorSize {
+                    digest: digest.clone(),
+                    declared,
+                    expected,
+                });
+            }
+        }
+        Ok(missing)
     }
 
     fn check_delete(&self) -> Result<(), RegistryError> {

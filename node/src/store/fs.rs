@@ -59,6 +59,12 @@ impl FsStore {
         Ok(store)
     }
 
+    /// The directories this store writes: `uploads/` (every push lands there first) and
+    /// `blobs/`. The health probe checks that both take writes.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        vec![self.uploads.clone(), self.blobs.clone()]
+    }
+
     /// Where a verified blob lives. Digests are validated hex, so this stays inside the store.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
