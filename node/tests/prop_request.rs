@@ -24,6 +24,16 @@ use regex::Regex;
 /// about a second in a debug build.
 const CASES: u32 = 512;
 
+/// [`CASES`] cases a property, unless `PROPTEST_CASES` asks for more (or fewer) in a longer
+/// run; `ProptestConfig::with_cases` alone would ignore the variable.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = CASES;
+    }
+    config
+}
+
 fn valid_name() -> impl Strategy<Value = String> {
     "[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,3}(/[a-z0-9]{1,8}((\\.|_|__|-{1,3})[a-z0-9]{1,8}){0,3}){0,4}"
 }
@@ -428,7 +438,7 @@ static CONTENT_RANGE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(config())]
 
     #[test]
     fn any_request_gets_an_answer(m in method(), path in any_path(), query in any_query()) {

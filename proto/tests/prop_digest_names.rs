@@ -18,6 +18,16 @@ use regex::Regex;
 /// the file takes well under a second in a debug build.
 const CASES: u32 = 512;
 
+/// [`CASES`] cases a property, unless `PROPTEST_CASES` asks for more (or fewer) in a longer
+/// run; `ProptestConfig::with_cases` alone would ignore the variable.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = CASES;
+    }
+    config
+}
+
 /// distribution-spec `<name>`, anchored.
 static NAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$").unwrap()
@@ -67,7 +77,7 @@ fn near_digest() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(config())]
 
     #[test]
     fn arbitrary_strings_never_panic_and_follow_the_spec(s in "\\PC{0,64}|.{0,300}") {

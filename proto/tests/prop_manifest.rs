@@ -16,6 +16,16 @@ use serde_json::{Map, Value, json};
 /// run in well under a second in a debug build.
 const CASES: u32 = 256;
 
+/// [`CASES`] cases a property, unless `PROPTEST_CASES` asks for more (or fewer) in a longer
+/// run; `ProptestConfig::with_cases` alone would ignore the variable.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = CASES;
+    }
+    config
+}
+
 /// Content-Types a client may send, including none, parameters and ones we refuse.
 fn content_type() -> impl Strategy<Value = Option<String>> {
     let known = prop::sample::select(vec![
@@ -266,7 +276,7 @@ fn sorted(mut v: Vec<Digest>) -> Vec<Digest> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(CASES))]
+    #![proptest_config(config())]
 
     #[test]
     fn arbitrary_bytes_are_refused_without_panic(
