@@ -231,7 +231,8 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
             if *method != Method::POST {
                 return Err(method_not_allowed("POST"));
             }
-            let digest = first(&pairs, "digest").map(digest).transpose()?;
+            // Query values are already percent-decoded: decoding again would read `%253A` as `:`.
+            let digest = first(&pairs, "digest").map(digest_of).transpose()?;
             let mount = match first(&pairs, "mount") {
                 Some(m) => {
                     let from = first(&pairs, "from").map(repo_from).transpose()?;
@@ -266,7 +267,7 @@ pub fn route(method: &Method, path: &str, query: &str) -> Result<Endpoint, ApiEr
                 Ok(Endpoint::PutUpload {
                     repo,
                     id,
-                    digest: digest(d)?,
+                    digest: digest_of(d)?,
                 })
             }
             Method::GET => Ok(Endpoint::GetUpload { repo, id }),
