@@ -20,6 +20,13 @@
 //! - [`peer`]: distribution 2.8.2, the registry the benchmarks compare against.
 //! - [`pushes`]: images pushed with bounded retries while nodes fail or change, and checks of
 //!   what was acknowledged.
+//! - [`pki`]: a throwaway CA, certificates and token signing keys, made when a test starts.
+//! - [`tls`]: TLS clients trusting the test CA, and raw TLS connections speaking HTTP/1.1.
+//! - [`secure`]: nodes serving TLS and access control, their cluster over mutual TLS, and
+//!   haproxy passing TLS through to them.
+//! - [`jwt`]: tokens forged, tampered and signed by the tests themselves.
+//! - [`credentials`]: htpasswd users, `docker login` in a config of its own, the test CA in
+//!   the Docker Engine's `certs.d`, and tokens from IPCR's token endpoint.
 //!
 //! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
 //! helpers that wait are `wait_*`.
@@ -28,15 +35,20 @@ pub mod bench;
 pub mod client;
 pub mod clients;
 pub mod cluster;
+pub mod credentials;
 pub mod emulator;
 pub mod jepsen;
+pub mod jwt;
 pub mod linearizability;
 pub mod netns;
 pub mod node;
 pub mod oci;
 pub mod peer;
+pub mod pki;
 pub mod process;
 pub mod pushes;
+pub mod secure;
+pub mod tls;
 pub mod tools;
 
 pub use cluster::{Balancer, Cluster};
