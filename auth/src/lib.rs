@@ -101,7 +101,10 @@ pub struct Auth {
     tokens: Option<Tokens>,
     token_config: Option<TokenConfig>,
     policies: Policies,
-    throttle: Throttle,
+    /// Failed logins per address and user (cleared by that user's success).
+    per_user: Throttle<(IpAddr, String)>,
+    /// Failed logins per address (only time clears it).
+    per_address: Throttle<IpAddr>,
 }
 
 /// Why the configured files could not be loaded.
@@ -136,7 +139,8 @@ impl Auth {
             tokens,
             token_config: auth.token.clone(),
             policies: Policies::new(auth.access.as_ref()).map_err(LoadError)?,
-            throttle: Throttle::default(),
+            per_user: Throttle::new(throttle::FREE),
+            per_address: Throttle::new(throttle::FREE_PER_ADDRESS),
         }))
     }
 
@@ -154,22 +158,26 @@ impl Auth {
         )
     }
 
-    /// Check `user`'s password, slowing down an address that keeps failing.
+    /// Check `user`'s password, slowing down guesses from an address: of one user's password,
+    /// or of many users' passwords.
     async fn check_password(&self, user: &str, password: &str, peer: Option<IpAddr>) -> bool {
         let Some(h) = &self.htpasswd else { return false };
-        if let Some(ip) = peer {
-            let wait = self.throttle.delay(ip);
+        // Bounded keys: a megabyte of user name costs no more memory than 64 characters.
+        let key = peer.map(|ip| (ip, truncated(user).to_string()));
+        if let Some(key) = &key {
+            let wait = self.per_user.delay(key).max(self.per_address.delay(&key.0));
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
         }
         let ok = h.verify(user, password).await;
-        if let Some(ip) = peer {
+        if let Some(key) = key {
             if ok {
-                self.throttle.succeeded(ip);
+                self.per_user.succeeded(&key);
             } else {
-                self.throttle.failed(ip);
-                tracing::info!(%ip, user = %truncated(user), "failed login");
+                tracing::info!(ip = %key.0, user = %key.1, "failed login");
+                self.per_address.failed(key.0);
+                self.per_user.failed(key);
             }
         }
         ok

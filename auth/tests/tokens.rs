@@ -368,25 +368,58 @@ async fn issued_tokens_hold_only_granted_scopes_and_work_on_every_node() {
 
 #[tokio::test]
 async fn repeated_failures_from_one_address_are_slowed_down() {
+    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let auth = Auth::load(&issuing(dir.path())).unwrap().unwrap();
-    let bad = basic("alice", "wrong");
+    let (bad, bob) = (basic("alice", "wrong"), basic("bob", "bob-pw"));
     let ip = "192.0.2.7".parse().unwrap();
+    // Guessing alice's password while bob logs in from the same address now and then: bob's
+    // successes do not clear alice's failures.
     for _ in 0..ipcr_auth::throttle::FREE + 2 {
         assert!(auth.authenticate(Some(bad.as_bytes()), Some(ip)).await.is_err());
+        assert!(auth.authenticate(Some(bob.as_bytes()), Some(ip)).await.is_ok());
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert!(auth.authenticate(Some(bad.as_bytes()), Some(ip)).await.is_err());
     assert!(
-        started.elapsed() >= std::time::Duration::from_millis(400),
+        started.elapsed() >= Duration::from_millis(400),
         "{:?}",
         started.elapsed()
     );
-    // Another address still logs in (the throttle's unit test shows it is not slowed).
+    // Bob from that address, and alice from another, are not slowed by alice's guesses.
+    let started = Instant::now();
+    assert!(auth.authenticate(Some(bob.as_bytes()), Some(ip)).await.is_ok());
     let good = basic("alice", "alice-pw");
     assert!(
         auth.authenticate(Some(good.as_bytes()), Some("192.0.2.8".parse().unwrap()))
             .await
             .is_ok()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    // A few guesses for each of many users from one address are slowed too.
+    let sprayer = "192.0.2.9".parse().unwrap();
+    for i in 0..ipcr_auth::throttle::FREE_PER_ADDRESS {
+        let guess = basic(&format!("user{i}"), "password1");
+        assert!(
+            auth.authenticate(Some(guess.as_bytes()), Some(sprayer))
+                .await
+                .is_err()
+        );
+    }
+    let started = Instant::now();
+    let guess = basic("someone-else", "password1");
+    assert!(
+        auth.authenticate(Some(guess.as_bytes()), Some(sprayer))
+            .await
+            .is_err()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
     );
 }

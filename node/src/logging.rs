@@ -86,7 +86,15 @@ where
 /// Install the global subscriber. `RUST_LOG`, when set, overrides `log.level`.
 pub fn init(config: &LogConfig) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{},openraft=warn", config.level)))
+        // actix logs a client's malformed or oversized request head at ERROR; it is the
+        // client's fault and already answered (431, 400, closed), so any client could fill the
+        // log with ERROR lines: silenced unless RUST_LOG asks for it.
+        .or_else(|_| {
+            EnvFilter::try_new(format!(
+                "{},openraft=warn,actix_http::h1::dispatcher=off",
+                config.level
+            ))
+        })
         .map_err(|e| format!("log.level: {e}"))?;
     let json = config.formatter == "json";
     let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -46,7 +46,7 @@ pub(super) fn apply_env(tree: &mut Value, rest: &str, raw: &str) -> Option<()> {
     let name = env_name(&key);
     let slot = map.get_mut(&key)?;
     if rest == name {
-        *slot = env_value(raw);
+        *slot = env_value(raw, slot.is_array());
         return Some(());
     }
     if slot.is_null() {
@@ -69,10 +69,13 @@ fn optional_section(key: &str) -> Option<Value> {
     }
 }
 
-/// An environment value is read as a YAML scalar, so `true` and `3` keep their types.
-fn env_value(raw: &str) -> Value {
+/// An environment value is read as YAML, so `true` and `3` keep their types and a list key
+/// takes a flow sequence (`[/a.pem, /b.pem]`) or a single value (`/a.pem`).
+fn env_value(raw: &str, list: bool) -> Value {
     match serde_saphyr::from_str::<Value>(raw) {
         Ok(v @ (Value::Bool(_) | Value::Number(_))) => v,
+        Ok(v @ Value::Array(_)) if list => v,
+        _ if list => Value::Array(vec![Value::String(raw.to_string())]),
         _ => Value::String(raw.to_string()),
     }
 }

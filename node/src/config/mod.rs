@@ -404,6 +404,42 @@ health:
     }
 
     #[test]
+    fn environment_sets_tls_and_auth_keys_lists_included() {
+        let pairs = [
+            ("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem"),
+            ("REGISTRY_HTTP_TLS_KEY", "/k.pem"),
+            ("REGISTRY_HTTP_TLS_CLIENTCAS", "[/ca1.pem, /ca2.pem]"),
+            ("REGISTRY_AUTH_HTPASSWD_PATH", "/htpasswd"),
+            ("REGISTRY_CLUSTER_TLS_CA", "/ca.pem"),
+            ("REGISTRY_CLUSTER_TLS_CERTIFICATE", "/n.pem"),
+            ("REGISTRY_CLUSTER_TLS_KEY", "/n.key"),
+        ];
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::from_yaml("", env).unwrap();
+        assert_eq!(
+            c.http.tls.clientcas,
+            [PathBuf::from("/ca1.pem"), PathBuf::from("/ca2.pem")]
+        );
+        assert_eq!(c.auth.htpasswd.unwrap().path, PathBuf::from("/htpasswd"));
+        assert!(c.cluster.advertise_url().unwrap().starts_with("https://"));
+        // One value for a list key is a list of one.
+        let env = [
+            ("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem"),
+            ("REGISTRY_HTTP_TLS_KEY", "/k.pem"),
+            ("REGISTRY_HTTP_TLS_CLIENTCAS", "/ca.pem"),
+        ];
+        let c = Config::from_yaml("", env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        assert_eq!(c.http.tls.clientcas, [PathBuf::from("/ca.pem")]);
+        // Half a TLS setup is an error naming the key.
+        let env = [("REGISTRY_HTTP_TLS_CERTIFICATE", "/c.pem")];
+        let err = Config::from_yaml("", env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap_err();
+        assert!(err.to_string().contains("http.tls.key"), "{err}");
+        let env = [("REGISTRY_CLUSTER_TLS_CA", "/ca.pem")];
+        let err = Config::from_yaml("", env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap_err();
+        assert!(err.to_string().contains("cluster.tls"), "{err}");
+    }
+
+    #[test]
     fn ipfs_backends_and_cache_load_and_override() {
         let c = Config::from_yaml(SEED, no_env()).unwrap();
         assert_eq!(c.storage.cid_links(), Some(1024));
