@@ -7,9 +7,10 @@ use base64::Engine;
 /// certificates stays well below it).
 pub const MAX_LEN: usize = 16 * 1024;
 
-/// Credentials a request carries.
+/// Credentials a request carries; a token is borrowed from the header (it is hashed and looked
+/// up on every request, never copied).
 #[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
+pub enum Credentials<'a> {
     /// `Basic base64(user:password)`.
     Basic {
         /// The user.
@@ -18,10 +19,10 @@ pub enum Credentials {
         password: String,
     },
     /// `Bearer <jwt>`.
-    Bearer(String),
+    Bearer(&'a str),
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for Credentials<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Credentials::Basic { user, .. } => write!(f, "Basic({user}, <password>)"),
@@ -31,7 +32,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Parse an `Authorization` value; `None` when it is malformed, oversized or of another scheme.
-pub fn parse(value: &[u8]) -> Option<Credentials> {
+pub fn parse(value: &[u8]) -> Option<Credentials<'_>> {
     if value.len() > MAX_LEN {
         return None;
     }
@@ -54,8 +55,9 @@ pub fn parse(value: &[u8]) -> Option<Credentials> {
             password: password.to_string(),
         })
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        let token_char = |c: char| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c);
-        (!rest.is_empty() && rest.chars().all(token_char)).then(|| Credentials::Bearer(rest.to_string()))
+        // RFC 6750's token68 characters.
+        let token_byte = |b: &u8| matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=');
+        (!rest.is_empty() && rest.as_bytes().iter().all(token_byte)).then_some(Credentials::Bearer(rest))
     } else {
         None
     }

@@ -69,7 +69,7 @@ pub enum Identity {
     /// An htpasswd user, by `Basic` credentials.
     User(String),
     /// A verified Bearer token.
-    Token(Verified),
+    Token(std::sync::Arc<Verified>),
 }
 
 /// What a request needs.
@@ -202,7 +202,7 @@ impl Auth {
                 }
             }
             Some(Credentials::Bearer(token)) if self.tokens.is_some() => {
-                match self.tokens.as_ref().expect("checked").verify(&token) {
+                match self.tokens.as_ref().expect("checked").verify(token) {
                     Ok(v) => Ok(Identity::Token(v)),
                     Err(e) => {
                         tracing::debug!(error = %e, "token refused");

@@ -9,7 +9,7 @@
 //! `exp`, `nbf` and `iat` are checked with [`LEEWAY`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
@@ -199,7 +199,7 @@ struct Signer {
 /// Tokens verified lately, by the SHA-256 of the token, with their `exp`. A client sends the
 /// same token with every request of a pull or push; a signature check costs tens of
 /// microseconds, a lookup well under one.
-type Verifications = HashMap<[u8; 32], (Verified, u64)>;
+type Verifications = HashMap<[u8; 32], (Arc<Verified>, u64)>;
 
 /// At most this many verified tokens are remembered.
 const REMEMBERED: usize = 10_000;
@@ -286,8 +286,9 @@ impl Tokens {
         self.signer.is_some()
     }
 
-    /// Verify a token (or find it verified lately and not expired since).
-    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+    /// Verify a token (or find it verified lately and not expired since). Shared: a request
+    /// costs no copy of the token's claims.
+    pub fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = jsonwebtoken::get_current_timestamp();
         {
@@ -301,6 +302,7 @@ impl Tokens {
             }
         }
         let (verified, exp) = self.verify_signed(token)?;
+        let verified = Arc::new(verified);
         let mut seen = self.verified.lock().expect("verified lock");
         if seen.len() >= REMEMBERED {
             seen.retain(|_, (_, exp)| now <= *exp + LEEWAY);

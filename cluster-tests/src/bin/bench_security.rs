@@ -6,8 +6,9 @@
 //! distribution verifies the very same tokens (its `rootcertbundle` holds a certificate of
 //! IPCR's signing key), so both check one JWT per request.
 //!
-//! Measured: manifest GET by tag (`wrk -t2 -c64 -d10s`, keep-alive) and a 1 GiB monolithic
-//! push (`curl`, POST + PUT), the median of `--runs` pushes.
+//! Measured: manifest GET by tag (`wrk -t2 -c64 -d10s`, keep-alive; with a `pull` token for
+//! the one repository, as `docker pull` gets) and a 1 GiB monolithic push (`curl`, POST + PUT;
+//! a `pull,push` token), the median of `--runs` pushes.
 //!
 //! ```console
 //! $ cargo build --release -p ipcr-node -p cluster-tests
@@ -60,12 +61,22 @@ struct Material {
 
 impl Material {
     fn make(dir: &Path) -> Result<Material> {
-        let mut ca_params = CertificateParams::new(vec!["ipcr-bench-ca".to_string()])?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: a leaf whose issuer name equals its own looks self-signed to OpenSSL.
+        ca_params.distinguished_name = rcgen::DistinguishedName::new();
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ipcr-bench-ca");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
         let server_key = KeyPair::generate()?;
-        let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?
-            .signed_by(&server_key, &ca)?;
+        let mut server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        server_params.distinguished_name = rcgen::DistinguishedName::new();
+        server_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        let server = server_params.signed_by(&server_key, &ca)?;
         std::fs::write(dir.join("ca.pem"), ca.pem())?;
         std::fs::write(dir.join("server.pem"), server.pem())?;
         std::fs::write(dir.join("server.key"), server_key.serialize_pem())?;
@@ -144,13 +155,14 @@ fn start_ipcr(work: &Path, m: &Material, setup: Setup) -> Result<Server> {
             .env("REGISTRY_AUTH_TOKEN_SIGNINGKEY", m.path("signing.key"))
             .env("REGISTRY_AUTH_TOKEN_EXPIRATION", "3600");
     }
+    let log = work.join(format!("ipcr-{port}.log"));
     let child = cmd
         .stdout(Stdio::null())
-        .stderr(File::create(work.join(format!("ipcr-{port}.log")))?)
+        .stderr(File::create(&log)?)
         .spawn()
         .context("starting ipcr-node")?;
     let server = Server { child, base };
-    wait_answering(&server.base, m)?;
+    wait_answering(&server.base, m).with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
     Ok(server)
 }
 
@@ -279,13 +291,12 @@ fn push_image(base: &str, args: &[String], work: &Path, repo: &str) -> Result<St
     Ok(url)
 }
 
-fn token(ipcr: &Server, m: &Material) -> Result<String> {
+/// A token from IPCR's endpoint for `scopes` (`&scope=...` each).
+fn token(ipcr: &Server, m: &Material, scopes: &[&str]) -> Result<String> {
+    let query: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
     let out = Command::new("curl")
         .args(["-s", "--cacert", &m.path("ca.pem"), "-u", "bench:bench-pw"])
-        .arg(format!(
-            "{}/auth/token?service={SERVICE}&scope=repository:bench:pull,push&scope=repository:big0:pull,push&scope=repository:big1:pull,push&scope=repository:big2:pull,push&scope=repository:big3:pull,push&scope=repository:big4:pull,push",
-            ipcr.base
-        ))
+        .arg(format!("{}/auth/token?service={SERVICE}{query}", ipcr.base))
         .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("token endpoint answer")?;
     Ok(v["token"].as_str().context("no token")?.to_string())
@@ -306,7 +317,15 @@ struct Load<'a> {
     runs: usize,
 }
 
-fn measure(server: &Server, setup: Setup, token: &str, load: &Load<'_>) -> Result<Measured> {
+/// Tokens as a client gets them: one for the pushes, one for the pulls (`docker pull` asks
+/// for `pull` on the one repository).
+#[derive(Default)]
+struct Tokens {
+    push: String,
+    pull: String,
+}
+
+fn measure(server: &Server, setup: Setup, tokens: &Tokens, load: &Load<'_>) -> Result<Measured> {
     let Load {
         m,
         work,
@@ -314,7 +333,7 @@ fn measure(server: &Server, setup: Setup, token: &str, load: &Load<'_>) -> Resul
         digest,
         runs,
     } = *load;
-    let args = credentials(setup, m, token);
+    let args = credentials(setup, m, &tokens.push);
     let url = push_image(&server.base, &args, work, "bench")?;
     let mut wrk_args = vec!["-H".to_string(), format!("Accept: {MANIFEST}")];
     match setup {
@@ -323,7 +342,9 @@ fn measure(server: &Server, setup: Setup, token: &str, load: &Load<'_>) -> Resul
             let b = base64::engine::general_purpose::STANDARD.encode("bench:bench-pw");
             wrk_args.extend(["-H".to_string(), format!("Authorization: Basic {b}")]);
         }
-        Setup::Bearer => wrk_args.extend(["-H".to_string(), format!("Authorization: Bearer {token}")]),
+        Setup::Bearer => {
+            wrk_args.extend(["-H".to_string(), format!("Authorization: Bearer {}", tokens.pull)])
+        }
         _ => {}
     }
     let wrk_refs: Vec<&str> = wrk_args.iter().map(String::as_str).collect();
@@ -348,7 +369,13 @@ fn main() -> Result<()> {
     let work = tempfile::Builder::new()
         .prefix("ipcr-bench-security-")
         .tempdir_in("/var/tmp")?;
-    let work = work.path();
+    // IPCR_BENCH_KEEP=1 keeps the directory (logs, configurations) for a look afterwards.
+    let work = if std::env::var_os("IPCR_BENCH_KEEP").is_some() {
+        work.keep()
+    } else {
+        work.path().to_path_buf()
+    };
+    let work = work.as_path();
     eprintln!("work directory: {}", work.display());
     let m = Material::make(work)?;
     let blob = work.join("blob");
@@ -367,17 +394,25 @@ fn main() -> Result<()> {
     for setup in setups {
         eprintln!("{} ...", setup.name());
         let ipcr = start_ipcr(work, &m, setup)?;
-        let token = if setup == Setup::Bearer {
-            token(&ipcr, &m)?
+        let tokens = if setup == Setup::Bearer {
+            let pushes: Vec<String> = std::iter::once("bench".to_string())
+                .chain((0..runs).map(|r| format!("big{r}")))
+                .map(|repo| format!("repository:{repo}:pull,push"))
+                .collect();
+            let pushes: Vec<&str> = pushes.iter().map(String::as_str).collect();
+            Tokens {
+                push: token(&ipcr, &m, &pushes)?,
+                pull: token(&ipcr, &m, &["repository:bench:pull"])?,
+            }
         } else {
-            String::new()
+            Tokens::default()
         };
-        let i = measure(&ipcr, setup, &token, &load)?;
+        let i = measure(&ipcr, setup, &tokens, &load)?;
         drop(ipcr);
         // IPCR's endpoint stays the realm distribution names; the token is already in hand.
         let realm = "https://127.0.0.1:1/auth/token";
         let dist = start_distribution(work, &m, setup, realm)?;
-        let d = measure(&dist, setup, &token, &load)?;
+        let d = measure(&dist, setup, &tokens, &load)?;
         drop(dist);
         rows.push((setup, i, d));
     }
