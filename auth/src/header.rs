@@ -79,7 +79,7 @@ mod tests {
         );
         assert_eq!(
             parse(b"bearer abc.def.ghi"),
-            Some(Credentials::Bearer("abc.def.ghi".into()))
+            Some(Credentials::Bearer("abc.def.ghi"))
         );
         for bad in [
             &b""[..],
