@@ -6,13 +6,12 @@
 //!
 //! Only the TLS and access-control tests call it.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::clients::DOCKER_TIMEOUT;
-use crate::tools::{Output, must_run, require, run};
+use crate::clients::{DOCKER_TIMEOUT, Docker, pushed_digest};
+use crate::tools::{Output, must_run, require, run, run_with_input};
 
 /// Create `path` holding `users` (`(name, password)`), hashed with bcrypt by the real
 /// `htpasswd -B`.
@@ -43,49 +42,6 @@ pub fn must_fail_saying(out: &Output, what: &str, any_of: &[&str]) {
         "{what} failed, but not saying any of {any_of:?}:\n{}",
         out.describe()
     );
-}
-
-/// Run `cmd` with `input` on its stdin, killing it and panicking after `timeout`.
-pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
-    let command = format!("{cmd:?}");
-    let out = tempfile::tempfile().expect("temporary file");
-    let err = tempfile::tempfile().expect("temporary file");
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(out.try_clone().expect("file handle"))
-        .stderr(err.try_clone().expect("file handle"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning `{command}`: {e}"));
-    {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        // A tool that exits without reading its input is answered by its exit status below.
-        let _ = stdin.write_all(input);
-    }
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polling a child process") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`{command}` did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let read = |mut f: std::fs::File| {
-        use std::io::{Read as _, Seek as _};
-        let mut buf = Vec::new();
-        f.rewind().expect("rewinding output");
-        f.read_to_end(&mut buf).expect("reading output");
-        buf
-    };
-    Output {
-        command,
-        status,
-        stdout: read(out),
-        stderr: read(err),
-    }
 }
 
 /// The docker CLI with a configuration directory of its own: what `docker login` stores stays
@@ -215,4 +171,78 @@ pub fn fetch_token(
         .as_str()
         .unwrap_or_else(|| panic!("no token in {body}"))
         .to_string())
+}
+
+/// `docker login` to `host` as a user does it the first time: refused while the Engine does not
+/// trust the registry's CA (checked when `verified`: the Engine verifies that address), then
+/// the CA installed in `certs.d`, a wrong password refused, the right one accepted. Answers the
+/// guard that removes the CA again (keep it alive), or `None` when the test was skipped.
+pub fn must_docker_login(
+    session: &DockerSession,
+    host: &str,
+    ca_pem: &str,
+    verified: bool,
+    (user, password): (&str, &str),
+) -> Option<DockerTrust> {
+    if verified {
+        let refused = session.login(host, user, password);
+        must_fail_saying(
+            &refused,
+            "docker login before certs.d holds the CA",
+            &["x509", "certificate", "unknown authority"],
+        );
+    }
+    let trust = DockerTrust::install(host, ca_pem)?;
+    let wrong = session.login(host, user, "not-the-password");
+    must_fail_saying(&wrong, "docker login with a wrong password", UNAUTHORIZED);
+    let login = session.login(host, user, password);
+    assert!(login.status.success(), "{}", login.describe());
+    Some(trust)
+}
+
+/// Build an image `FROM scratch` (busybox and `dockerfile`; `marker` makes it unique, so a
+/// concurrent test's `rmi` cannot touch it), tag it `tag` and push it through `session`.
+/// Answers its image id and the manifest digest the push printed.
+pub fn must_build_and_push(
+    docker: &mut Docker,
+    session: &DockerSession,
+    busybox: &Path,
+    dockerfile: &str,
+    marker: &str,
+    tag: &str,
+) -> (String, String) {
+    let context = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(busybox, context.path().join("busybox")).expect("copying busybox");
+    std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+    std::fs::write(context.path().join("marker"), marker).expect("marker");
+    docker.must_build(context.path(), tag);
+    let id = docker.must_image_id(tag);
+    docker.images.push(id.clone());
+    let digest = pushed_digest(&session.must(&["push", tag]));
+    (id, digest)
+}
+
+/// Remove the local image `tag`, pull it back through `session` (it must be image `id` again),
+/// and run it as `container`: its output must hold `says`.
+pub fn must_pull_and_run(
+    docker: &mut Docker,
+    session: &DockerSession,
+    tag: &str,
+    id: &str,
+    container: &str,
+    says: &str,
+) {
+    docker.must(&["rmi", tag]);
+    assert!(!docker.has_image(id), "image {id} still present after rmi");
+    docker.images.push(tag.to_string());
+    session.must(&["pull", tag]);
+    assert_eq!(docker.must_image_id(tag), id, "the pulled image is the built one");
+    docker.containers.push(container.to_string());
+    let out = docker.must(&["run", "--name", container, tag]);
+    assert!(
+        out.stdout_text().contains(says),
+        "docker run printed:\n{}",
+        out.describe()
+    );
+    docker.must(&["rm", container]);
 }

@@ -132,15 +132,34 @@ impl Output {
 /// Run `cmd` to completion, killing it and panicking after `timeout`. Output goes through
 /// temporary files, so a chatty tool can never block on a full pipe.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    run_feeding(cmd, None, timeout)
+}
+
+/// [`run`] with `input` on the command's stdin (a password for `--password-stdin`).
+pub fn run_with_input(cmd: &mut Command, input: &[u8], timeout: Duration) -> Output {
+    run_feeding(cmd, Some(input), timeout)
+}
+
+fn run_feeding(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let command = format!("{cmd:?}");
     let out = tempfile::tempfile().expect("temporary file");
     let err = tempfile::tempfile().expect("temporary file");
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(out.try_clone().expect("file handle"))
         .stderr(err.try_clone().expect("file handle"))
         .spawn()
         .unwrap_or_else(|e| panic!("spawning `{command}`: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write as _;
+        // A tool that exits without reading its input is answered by its exit status below.
+        let _ = stdin.write_all(input);
+    }
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("polling a child process") {

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cluster_tests::clients::{Docker, SKOPEO_TIMEOUT, pushed_digest};
+use cluster_tests::clients::{Docker, SKOPEO_TIMEOUT};
 use cluster_tests::credentials::{
-    DockerSession, DockerTrust, UNAUTHORIZED, docker_verified_ip, fetch_token, must_fail_saying,
-    must_htpasswd,
+    DockerSession, docker_verified_ip, fetch_token, must_build_and_push, must_docker_login, must_fail_saying,
+    must_htpasswd, must_pull_and_run,
 };
 use cluster_tests::node::{CLUSTER_SECRET, node_binary};
 use cluster_tests::oci::{self, Layer, Layout, Tar};
@@ -172,32 +172,19 @@ fn docker_logs_in_pushes_and_pulls_through_a_tls_passthrough_balancer_to_three_n
     let s = Secured::start(&ip, &htpasswd);
     let host = s.balancer.host();
     let session = DockerSession::new(&docker_bin);
-    if verified.is_some() {
-        let refused = session.login(&host, ALICE.0, ALICE.1);
-        must_fail_saying(
-            &refused,
-            "docker login before certs.d holds the CA",
-            &["x509", "certificate", "unknown authority"],
-        );
-    }
-    let Some(_trust) = DockerTrust::install(&host, &s.registry_ca.cert_pem) else {
+    let Some(_trust) = must_docker_login(
+        &session,
+        &host,
+        &s.registry_ca.cert_pem,
+        verified.is_some(),
+        ALICE,
+    ) else {
         return;
     };
-    let wrong = session.login(&host, ALICE.0, "not-her-password");
-    must_fail_saying(&wrong, "docker login with a wrong password", UNAUTHORIZED);
-    let login = session.login(&host, ALICE.0, ALICE.1);
-    assert!(login.status.success(), "{}", login.describe());
-
     let mut docker = Docker::new(docker_bin);
-    let context = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(&busybox, context.path().join("busybox")).expect("copying busybox");
-    std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
-    std::fs::write(context.path().join("marker"), format!("cluster {host}\n")).expect("marker");
     let tag = format!("{host}/cluster/busybox:v1");
-    docker.must_build(context.path(), &tag);
-    let id = docker.must_image_id(&tag);
-    docker.images.push(id.clone());
-    let digest = pushed_digest(&session.must(&["push", &tag]));
+    let marker = format!("cluster {host}\n");
+    let (id, digest) = must_build_and_push(&mut docker, &session, &busybox, DOCKERFILE, &marker, &tag);
 
     // Every node serves it, to a token its own endpoint did not issue (the balancer's pick).
     let token = fetch_token(
@@ -218,24 +205,15 @@ fn docker_logs_in_pushes_and_pulls_through_a_tls_passthrough_balancer_to_three_n
         );
     }
 
-    docker.must(&["rmi", &tag]);
-    assert!(!docker.has_image(&id), "image {id} still present after rmi");
-    docker.images.push(tag.clone());
-    session.must(&["pull", &tag]);
-    assert_eq!(
-        docker.must_image_id(&tag),
-        id,
-        "the pulled image is the built one"
-    );
     let container = format!("ipcr-cluster-tls-{}", s.nodes[0].port());
-    docker.containers.push(container.clone());
-    let out = docker.must(&["run", "--name", &container, &tag]);
-    assert!(
-        out.stdout_text().contains("hello from a secured ipcr cluster"),
-        "docker run printed:\n{}",
-        out.describe()
+    must_pull_and_run(
+        &mut docker,
+        &session,
+        &tag,
+        &id,
+        &container,
+        "hello from a secured ipcr cluster",
     );
-    docker.must(&["rm", &container]);
     session.must(&["logout", &host]);
     docker.must(&["rmi", &tag]);
     let anonymous = session.run(&["pull", &tag]);

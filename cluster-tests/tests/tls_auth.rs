@@ -20,9 +20,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_tests::clients::{Docker, SKOPEO_TIMEOUT, pushed_digest};
+use cluster_tests::clients::{Docker, SKOPEO_TIMEOUT};
 use cluster_tests::credentials::{
-    DockerSession, DockerTrust, UNAUTHORIZED, docker_verified_ip, fetch_token, must_fail_saying,
+    DockerSession, UNAUTHORIZED, docker_verified_ip, fetch_token, must_build_and_push, must_docker_login,
+    must_fail_saying, must_pull_and_run,
 };
 use cluster_tests::jwt;
 use cluster_tests::oci::{self, Layer, Layout, Tar};
@@ -162,39 +163,18 @@ fn docker_round_trip(auth: Access) {
     let host = s.node.host();
     let session = DockerSession::new(&docker_bin);
 
-    if verified.is_some() {
-        // The Engine verifies this address: without the CA in certs.d it refuses the node.
-        let refused = session.login(&host, ALICE.0, ALICE.1);
-        must_fail_saying(
-            &refused,
-            "docker login before certs.d holds the CA",
-            &["x509", "certificate", "unknown authority"],
-        );
-    }
-    let Some(_trust) = DockerTrust::install(&host, &s.ca.cert_pem) else {
+    let Some(_trust) = must_docker_login(&session, &host, &s.ca.cert_pem, verified.is_some(), ALICE) else {
         return;
     };
-    let wrong = session.login(&host, ALICE.0, "not-her-password");
-    must_fail_saying(&wrong, "docker login with a wrong password", UNAUTHORIZED);
-    let login = session.login(&host, ALICE.0, ALICE.1);
-    assert!(login.status.success(), "{}", login.describe());
     assert!(
         session.stored().contains(&host),
         "docker login stored nothing for {host}"
     );
 
     let mut docker = Docker::new(docker_bin);
-    let context = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(&busybox, context.path().join("busybox")).expect("copying busybox");
-    std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).expect("Dockerfile");
-    // An image of its own: a concurrent test's rmi cannot be confused with ours.
-    std::fs::write(context.path().join("marker"), format!("{name} {host}\n")).expect("marker");
-    let repo = format!("{host}/tls/{name}");
-    let tag = format!("{repo}:v1");
-    docker.must_build(context.path(), &tag);
-    let id = docker.must_image_id(&tag);
-    docker.images.push(id.clone());
-    let digest = pushed_digest(&session.must(&["push", &tag]));
+    let tag = format!("{host}/tls/{name}:v1");
+    let marker = format!("{name} {host}\n");
+    let (id, digest) = must_build_and_push(&mut docker, &session, &busybox, DOCKERFILE, &marker, &tag);
     if auth == Access::Tokens {
         let log = s.node.process().log();
         assert!(
@@ -205,24 +185,15 @@ fn docker_round_trip(auth: Access) {
     let path = format!("/v2/tls/{name}/manifests/{digest}");
     assert_eq!(s.status(&path, Some(&basic(ALICE))), 200, "the pushed manifest");
 
-    docker.must(&["rmi", &tag]);
-    assert!(!docker.has_image(&id), "image {id} still present after rmi");
-    docker.images.push(tag.clone());
-    session.must(&["pull", &tag]);
-    assert_eq!(
-        docker.must_image_id(&tag),
-        id,
-        "the pulled image is the built one"
-    );
     let container = format!("ipcr-tls-{}", s.node.port());
-    docker.containers.push(container.clone());
-    let out = docker.must(&["run", "--name", &container, &tag]);
-    assert!(
-        out.stdout_text().contains("hello from ipcr over tls"),
-        "docker run printed:\n{}",
-        out.describe()
+    must_pull_and_run(
+        &mut docker,
+        &session,
+        &tag,
+        &id,
+        &container,
+        "hello from ipcr over tls",
     );
-    docker.must(&["rm", &container]);
 
     session.must(&["logout", &host]);
     assert!(
