@@ -110,9 +110,9 @@ impl Access {
             (None, Some(t)) if t.enabled() => Some(ipcr_node::tls::cluster_client(t)?),
             _ => None,
         };
-        if let Some(tls) = tls {
-            http = http.tls_backend_preconfigured(tls);
-        }
+        // Without a CA the cluster port is plain HTTP: no system CA store is needed (a
+        // container built FROM scratch has none).
+        http = http.tls_backend_preconfigured(tls.unwrap_or_else(ipcr_node::tls::trust_nobody));
         Ok(Admin {
             http: http.build()?,
             secret,

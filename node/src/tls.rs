@@ -260,6 +260,35 @@ pub fn client(
     })
 }
 
+/// A client configuration trusting no certificate, for a client that speaks plain HTTP only
+/// (the cluster port without `cluster.tls`): an `https://` URL fails its handshake. Unlike
+/// reqwest's default it needs no system CA store, which a container image built `FROM
+/// scratch` does not have.
+pub fn trust_nobody() -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// An HTTP client for services outside the cluster (an IPFS backend): it trusts the system's
+/// CA store, or, where there is none (a `FROM scratch` image without a CA bundle), no
+/// certificate at all, so that plain-HTTP services still work and `https://` ones fail with
+/// a clear error instead of the node failing to start.
+pub fn outside_client(builder: impl Fn() -> reqwest::ClientBuilder) -> reqwest::Client {
+    match builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates: https:// backends will not be trusted");
+            builder()
+                .tls_backend_preconfigured(trust_nobody())
+                .build()
+                .expect("an HTTP client with a preconfigured TLS backend")
+        }
+    }
+}
+
 /// The client configuration nodes use towards each other's cluster ports.
 pub fn cluster_client(c: &ClusterTlsConfig) -> Result<ClientConfig, TlsError> {
     client(

@@ -154,11 +154,11 @@ async fn describe(resp: reqwest::Response) -> String {
 impl Backend {
     /// The backend `storage` configures, if any; its calls run on `runtime`.
     pub fn from_config(storage: &StorageConfig, runtime: Handle) -> Option<Backend> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(CALL_TIMEOUT)
-            .read_timeout(STALL_TIMEOUT)
-            .build()
-            .expect("an HTTP client with default TLS-less settings");
+        let client = crate::tls::outside_client(|| {
+            reqwest::Client::builder()
+                .connect_timeout(CALL_TIMEOUT)
+                .read_timeout(STALL_TIMEOUT)
+        });
         if let Some(e) = &storage.estuary {
             let api = trim(&e.url);
             let shuttle = if e.shuttle_url.is_empty() {

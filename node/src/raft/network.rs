@@ -59,9 +59,12 @@ impl ClusterClient {
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30));
-        if let Some(tls) = tls {
-            builder = builder.tls_backend_preconfigured(tls).https_only(true);
-        }
+        // Peers are trusted by `cluster.tls` alone, never by the system's CA store (which an
+        // image built FROM scratch does not even have).
+        builder = match tls {
+            Some(tls) => builder.tls_backend_preconfigured(tls).https_only(true),
+            None => builder.tls_backend_preconfigured(crate::tls::trust_nobody()),
+        };
         let http = builder.build().expect("HTTP client");
         ClusterClient { http, secret }
     }
