@@ -80,7 +80,7 @@ impl Cluster {
     /// Answers its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.add_node_unready();
-        self.nodes[i].wait_ready(crate::node::READY_TIMEOUT);
+        self.nodes[i].wait_first_ready(crate::node::READY_TIMEOUT);
         i
     }
 

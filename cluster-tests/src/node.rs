@@ -44,8 +44,30 @@ impl Node {
     pub fn start_with_env(name: &str, env: &[(&str, &str)]) -> Node {
         let mut node = Self::unstarted(name, env);
         node.spawn();
-        node.wait_ready(READY_TIMEOUT);
+        node.wait_first_ready(READY_TIMEOUT);
         node
+    }
+
+    /// Wait until a node's first start is ready. A port that [`free_port`] handed out may be
+    /// taken by another test's process before the node binds it: then the node exits at once
+    /// saying so, and it starts again on other ports (nobody knows its ports yet).
+    pub fn wait_first_ready(&mut self, timeout: Duration) {
+        const TRIES: usize = 3;
+        for attempt in 1..=TRIES {
+            let base = self.base_url();
+            match self.process.wait_ready_or_exit(&base, timeout) {
+                Ok(()) => return,
+                Err(status) => {
+                    let clashes = self.log().matches("Address already in use").count();
+                    if attempt == TRIES || clashes < attempt {
+                        panic!("{} exited with {status} before it was ready", self.name());
+                    }
+                    self.port = free_port();
+                    self.cluster_port = free_port();
+                    self.spawn();
+                }
+            }
+        }
     }
 
     /// The node's name in messages.

@@ -201,6 +201,17 @@ impl Process {
     /// Wait until `GET <base>/ready` answers 200. Panics (and so prints the log) when the
     /// process exits first or `timeout` passes.
     pub fn wait_ready(&mut self, base: &str, timeout: Duration) {
+        if let Err(status) = self.wait_ready_or_exit(base, timeout) {
+            panic!("{} exited with {status} before it was ready", self.name);
+        }
+    }
+
+    /// [`Process::wait_ready`], answering the exit status when the process exits first.
+    pub fn wait_ready_or_exit(
+        &mut self,
+        base: &str,
+        timeout: Duration,
+    ) -> Result<(), std::process::ExitStatus> {
         let http = reqwest::blocking::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))
@@ -215,10 +226,11 @@ impl Process {
                 .unwrap_or_else(|| panic!("{} is not running", self.name));
             if let Some(status) = child.try_wait().expect("polling the node process") {
                 self.child = None;
-                panic!("{} exited with {status} before it was ready", self.name);
+                self.note(&format!("{} exited with {status} before it was ready", self.name));
+                return Err(status);
             }
             let last = match http.get(&url).send() {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => return,
+                Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
                 Ok(r) => format!("status {}", r.status()),
                 Err(e) => format!("error: {e}"),
             };
