@@ -217,7 +217,7 @@ impl Balancer {
             String::new()
         };
         let mut config = format!(
-            "global\n  maxconn 2000\n{stats}\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n"
+            "global\n  maxconn 2000\n{stats}\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 600s\n  timeout server 600s\n  option redispatch\n  retries 2\n  retry-on conn-failure empty-response\n\nfrontend registry\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\nbackend nodes\n  balance roundrobin\n  option httpchk GET /ready\n  http-check expect status 200\n  default-server inter 300ms fall 2 rise 2\n"
         );
         for (i, b) in backends.iter().enumerate() {
             config.push_str(&format!("  server n{i} {b} check\n"));
