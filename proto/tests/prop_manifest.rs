@@ -61,13 +61,17 @@ fn descriptor(media_types: &'static [&'static str]) -> impl Strategy<Value = (Va
     (
         prop::sample::select(media_types),
         digest(),
-        any::<u64>(),
         annotations(),
         prop::option::of("[a-z/.+]{3,20}"),
         any::<bool>(),
     )
-        .prop_map(|(mt, d, size, ann, artifact_type, platform)| {
-            let mut v = json!({ "mediaType": mt, "digest": d.to_string(), "size": size });
+        .prop_map(|(mt, d, ann, artifact_type, platform)| {
+            // A size is the content's: the same digest always comes with the same size (a
+            // manifest declaring two sizes for one digest is refused).
+            let encoded = d.to_string();
+            let hex = encoded.split_once(':').map_or("0", |(_, h)| h);
+            let size = u64::from_str_radix(&hex[..12.min(hex.len())], 16).unwrap_or(0);
+            let mut v = json!({ "mediaType": mt, "digest": encoded, "size": size });
             if let Some(a) = ann {
                 v["annotations"] = a;
             }
