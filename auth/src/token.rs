@@ -88,19 +88,6 @@ pub enum TokenError {
     Invalid(String),
 }
 
-/// Asymmetric algorithms only.
-const ACCEPTED: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
 /// The libtrust key id of a public key (Docker's `kid`): the first 240 bits of the SHA-256 of
 /// its DER SubjectPublicKeyInfo, in base32, in groups of four separated by `:`.
 pub fn libtrust_kid(spki_der: &[u8]) -> String {
@@ -136,6 +123,7 @@ fn spki_pem(spki: &[u8]) -> String {
     pem
 }
 
+/// The algorithms accepted, by key type: asymmetric only (no `none`, no HMAC).
 const RSA: [Algorithm; 6] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -144,6 +132,12 @@ const RSA: [Algorithm; 6] = [
     Algorithm::PS384,
     Algorithm::PS512,
 ];
+const EC: [Algorithm; 2] = [Algorithm::ES256, Algorithm::ES384];
+const ED: [Algorithm; 1] = [Algorithm::EdDSA];
+
+fn accepted(alg: Algorithm) -> bool {
+    RSA.contains(&alg) || EC.contains(&alg) || ED.contains(&alg)
+}
 
 /// A verification key from a DER SubjectPublicKeyInfo (RSA, EC or Ed25519), with the
 /// algorithms of its type: a token's `alg` must be one of them.
@@ -154,10 +148,10 @@ fn decoding_key(spki: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), TokenError
         return Ok((k, RSA.to_vec()));
     }
     if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        return Ok((k, vec![Algorithm::ES256, Algorithm::ES384]));
+        return Ok((k, EC.to_vec()));
     }
     if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        return Ok((k, vec![Algorithm::EdDSA]));
+        return Ok((k, ED.to_vec()));
     }
     Err(TokenError::UntrustedKey("unsupported public key type".into()))
 }
@@ -167,8 +161,8 @@ fn jwk_key(jwk: &jsonwebtoken::jwk::Jwk) -> Result<(DecodingKey, Vec<Algorithm>)
     use jsonwebtoken::jwk::AlgorithmParameters as P;
     let algs = match &jwk.algorithm {
         P::RSA(_) => RSA.to_vec(),
-        P::EllipticCurve(_) => vec![Algorithm::ES256, Algorithm::ES384],
-        P::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        P::EllipticCurve(_) => EC.to_vec(),
+        P::OctetKeyPair(_) => ED.to_vec(),
         P::OctetKey(_) => return Err("symmetric (oct) keys are not accepted".into()),
     };
     Ok((DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?, algs))
@@ -317,7 +311,7 @@ impl Tokens {
     /// Check a token's signature and claims; its `exp` with it.
     fn verify_signed(&self, token: &str) -> Result<(Verified, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        if !ACCEPTED.contains(&header.alg) {
+        if !accepted(header.alg) {
             return Err(TokenError::Malformed(format!(
                 "algorithm {:?} not accepted",
                 header.alg
