@@ -26,7 +26,8 @@ impl Pattern {
             .map_err(|e| format!("`{glob}` is not a glob: {}", e.kind()))
     }
 
-    fn matches(&self, repo: &str) -> bool {
+    /// Whether `repo` matches.
+    pub fn matches(&self, repo: &str) -> bool {
         self.0.is_match(repo)
     }
 }

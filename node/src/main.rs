@@ -1,13 +1,16 @@
-//! `ipcr-node`: the one binary of IPCR. `serve` runs a node; `join`, `leave` and `status` are
-//! the operator's tools, talking to nodes' cluster ports.
+//! `ipcr-node`: the one binary of IPCR. `serve` runs a node; `join`, `leave`, `status` and
+//! `gc` are the operator's tools, talking to nodes' cluster ports.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use ipcr_node::config::Config;
+use std::io::{BufRead, IsTerminal};
+
+use ipcr_node::config::{Config, GoDuration};
 use ipcr_proto::admin::{ClusterStatus, JoinRequest, LeaveRequest};
+use ipcr_proto::gc::{GcEvent, GcReport, GcRequest};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +48,28 @@ enum Command {
         /// Cluster URL of the node to remove.
         #[arg(long, default_value = "http://127.0.0.1:5006")]
         node: String,
+        #[command(flatten)]
+        access: Access,
+    },
+    /// Run one garbage collection now and print what it removed (or, with --dry-run, would).
+    Gc {
+        /// Cluster URL of the node to run it from (any member).
+        #[arg(long, default_value = "http://127.0.0.1:5006")]
+        node: String,
+        /// Print what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete manifests no tag reaches (default: the node's
+        /// storage.maintenance.gc.delete-untagged).
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Keep blobs uploaded and manifests pushed less than this long ago, e.g. 1h, 30m, 0s
+        /// (default: the node's storage.maintenance.gc.grace).
+        #[arg(long)]
+        grace: Option<GoDuration>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         access: Access,
     },
@@ -140,6 +165,35 @@ impl Admin {
         Ok(resp.json()?)
     }
 
+    /// Run a collection on `node`, showing progress on `progress`.
+    fn gc(
+        &self,
+        node: &str,
+        req: &GcRequest,
+        mut progress: impl FnMut(&str, u64, u64),
+    ) -> anyhow::Result<GcReport> {
+        let url = format!("{}/cluster/gc", node.trim_end_matches('/'));
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .json(req)
+            .send()
+            .with_context(|| url.clone())?;
+        if !resp.status().is_success() {
+            bail!("{url}: {} {}", resp.status(), resp.text().unwrap_or_default());
+        }
+        for line in std::io::BufReader::new(resp).lines() {
+            let line = line.with_context(|| format!("{url}: the answer broke off"))?;
+            match serde_json::from_str::<GcEvent>(&line).with_context(|| format!("{url}: {line}"))? {
+                GcEvent::Progress { phase, done, total } => progress(&phase, done, total),
+                GcEvent::Done(report) => return Ok(report),
+                GcEvent::Failed(why) => bail!("garbage collection failed: {why}"),
+            }
+        }
+        bail!("{url}: the answer ended without a report")
+    }
+
     fn post<T: serde::Serialize>(&self, node: &str, path: &str, body: &T) -> anyhow::Result<()> {
         let url = format!("{}{path}", node.trim_end_matches('/'));
         let resp = self
@@ -179,6 +233,35 @@ fn main() -> anyhow::Result<()> {
             let id = admin.status(&node)?.id;
             admin.post(&node, "/cluster/leave", &LeaveRequest { id })?;
             println!("node {id} ({node}) left the cluster");
+            Ok(())
+        }
+        Command::Gc {
+            node,
+            dry_run,
+            delete_untagged,
+            grace,
+            json,
+            access,
+        } => {
+            let req = GcRequest {
+                dry_run,
+                delete_untagged: delete_untagged.then_some(true),
+                grace_ms: grace.map(|g| g.0.as_millis() as u64),
+            };
+            let terminal = std::io::stderr().is_terminal();
+            let report = access.client()?.gc(&node, &req, |phase, done, total| {
+                if terminal {
+                    eprint!("\r\x1b[2K{phase}: {done}/{total} steps");
+                }
+            })?;
+            if terminal {
+                eprint!("\r\x1b[2K");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", gc_table(&report));
+            }
             Ok(())
         }
         Command::Status { node, json, access } => {
@@ -224,6 +307,27 @@ fn table(s: &ClusterStatus) -> String {
             m.addr
         ));
     }
+    match &s.gc.last {
+        Some(r) => out.push_str(&format!(
+            "\nlast garbage collection: {} on node {}, took {:.1} s: {} blobs ({}) reclaimed, {} manifests, {} tags removed\n",
+            ago(r.finished_ms),
+            r.node,
+            r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0,
+            r.tally.blobs_removed,
+            human(r.tally.bytes_removed),
+            r.totals.manifests,
+            r.totals.tags,
+        )),
+        None => out.push_str("\nno garbage collection yet\n"),
+    }
+    if let Some(g) = &s.gc.running {
+        out.push_str(&format!(
+            "garbage collection {} running on node {} since {}\n",
+            g.run,
+            g.node,
+            ago(g.started_ms)
+        ));
+    }
     if let Some(i) = &s.ipfs {
         out.push_str(&format!(
             "\n{} backend: {} pinned, {} pending, {} failed\n",
@@ -237,6 +341,80 @@ fn table(s: &ClusterStatus) -> String {
         }
     }
     out
+}
+
+/// Bytes for people: `1.5 GiB`.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A collection's report as a table: per repository, then the totals.
+fn gc_table(r: &GcReport) -> String {
+    let verb = if r.options.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let mut out = format!(
+        "{:<40} {:>6} {:>10} {:>8} {:>12}\n",
+        "REPOSITORY", "TAGS", "MANIFESTS", "BLOBS", "BYTES"
+    );
+    for (repo, t) in &r.tally.repositories {
+        out.push_str(&format!(
+            "{:<40} {:>6} {:>10} {:>8} {:>12}\n",
+            repo,
+            t.tags,
+            t.manifests,
+            t.blobs,
+            human(t.bytes)
+        ));
+    }
+    let t = &r.tally;
+    out.push_str(&format!(
+        "\n{verb}: {} tags, {} manifests, {} blob links ({}); {} blobs left the cluster ({}, {} on the nodes' disks)",
+        r.totals.tags,
+        r.totals.manifests,
+        r.totals.blobs,
+        human(r.totals.bytes),
+        t.blobs_removed,
+        human(t.bytes_removed),
+        human(t.disk_bytes_removed),
+    ));
+    if t.refused > 0 {
+        out.push_str(&format!("; {} steps kept (changed since planned)", t.refused));
+    }
+    out.push_str(&format!(
+        "\ntook {:.1} s (grace {} s{})\n",
+        r.finished_ms.saturating_sub(r.started_ms) as f64 / 1000.0,
+        r.options.grace_ms / 1000,
+        if r.options.delete_untagged {
+            ", untagged manifests deleted"
+        } else {
+            ""
+        }
+    ));
+    out
+}
+
+/// How long ago a time (ms since the epoch) was.
+fn ago(ms: u64) -> String {
+    let secs = ipcr_node::raft::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0..120 => format!("{secs} s ago"),
+        120..7200 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
+    }
 }
 
 fn serve(path: Option<PathBuf>, join: Option<String>) -> anyhow::Result<()> {

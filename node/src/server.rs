@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::health::{self, Health};
 use crate::raft::{Bootstrap, RaftNode};
 use crate::registry::Registry;
+use crate::registry::gc::{self, Collector, Janitor};
 use crate::store::FsStore;
 use crate::upload::Uploads;
 
@@ -257,6 +258,14 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
             ));
         }
     }
+    let gc_config = config.storage.maintenance.gc.clone();
+    let collector = Collector::new(parts.raft.clone(), gc_config.clone());
+    gc::spawn_schedule(collector.clone());
+    gc::spawn_janitor(Janitor::new(
+        parts.raft.clone(),
+        parts.registry.store().clone(),
+        gc_config.grace.0,
+    ));
     let cluster_state = web::Data::new(ClusterApi {
         node: parts.raft.clone(),
         registry: parts.registry.clone(),
@@ -264,6 +273,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         transfers: Transfers::new(parts.raft.clone()),
         repair: repair.clone(),
         pinner,
+        collector,
     });
     // The cluster port stays up until the registry server has finished its in-flight
     // requests: they may need the cluster (forwarded writes, read indexes, peer reads).

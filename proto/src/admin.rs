@@ -58,6 +58,9 @@ pub struct ClusterStatus {
     pub under_replicated_blobs: u64,
     /// The IPFS backend's progress, when one is configured.
     pub ipfs: Option<IpfsStatus>,
+    /// The last garbage collection and the one running.
+    #[serde(default)]
+    pub gc: crate::gc::GcStatus,
 }
 
 /// Where the blobs stand on the IPFS backend.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cid::{CidProgress, CidStep, Leaf};
 use crate::digest::{Algorithm, Digest};
+use crate::gc::{GcOptions, GcReport, GcStep, GcTally};
 use crate::hash_state::HashState;
 use crate::names::{RepoName, Tag};
 
@@ -127,6 +128,9 @@ pub enum Command {
         tags: Vec<Tag>,
         /// The manifest.
         record: ManifestRecord,
+        /// Proposer's clock, ms since the epoch: when the manifest and its tags were pushed
+        /// (retention's age, the garbage collector's grace period).
+        now_ms: u64,
     },
     /// Remove a tag (the manifest stays).
     Untag {
@@ -157,6 +161,8 @@ pub enum Command {
         /// The CID's leaves (SHA-256 of each 1 MiB), so that a range of the blob read back from
         /// IPFS can be checked leaf by leaf.
         leaves: Vec<Leaf>,
+        /// Proposer's clock: when the blob was linked (the garbage collector's grace period).
+        now_ms: u64,
     },
     /// Link an already committed blob into another repository (cross-repository mount).
     LinkBlob {
@@ -164,6 +170,8 @@ pub enum Command {
         repo: RepoName,
         /// The blob.
         digest: Digest,
+        /// Proposer's clock: when the blob was linked.
+        now_ms: u64,
     },
     /// Unlink a blob from a repository (`DELETE /v2/<name>/blobs/<digest>`).
     UnlinkBlob {
@@ -253,6 +261,30 @@ pub enum Command {
         /// Nodes that no longer do.
         remove: Vec<NodeId>,
     },
+    /// Start a garbage collection: refused while another one holds an unexpired lease.
+    GcBegin {
+        /// The collection, with its lease.
+        run: crate::gc::GcRun,
+    },
+    /// Apply steps of the running collection `run` (refused for any other), each checked
+    /// again; renews the collection's lease. Answers [`CommandResult::Collected`].
+    Collect {
+        /// The collection.
+        run: String,
+        /// Proposer's clock: ages are measured against it.
+        now_ms: u64,
+        /// Lease renewed until `now_ms + lease_ms`.
+        lease_ms: u64,
+        /// What the collection does (grace period, untagged manifests).
+        options: GcOptions,
+        /// The steps, in order.
+        steps: Vec<GcStep>,
+    },
+    /// Finish the collection `run`, recording its report as the last collection.
+    GcEnd {
+        /// What it did.
+        report: GcReport,
+    },
 }
 
 impl fmt::Display for Command {
@@ -272,7 +304,7 @@ impl fmt::Display for Command {
             Command::CommitBlob {
                 repo, digest, size, ..
             } => write!(f, "CommitBlob({repo}, {digest}, {size})"),
-            Command::LinkBlob { repo, digest } => write!(f, "LinkBlob({repo}, {digest})"),
+            Command::LinkBlob { repo, digest, .. } => write!(f, "LinkBlob({repo}, {digest})"),
             Command::UnlinkBlob { repo, digest } => write!(f, "UnlinkBlob({repo}, {digest})"),
             Command::StartUpload { id, repo, .. } => write!(f, "StartUpload({id}, {repo})"),
             Command::AppendChunk { id, offset, len, .. } => write!(f, "AppendChunk({id}, {offset}+{len})"),
@@ -283,6 +315,9 @@ impl fmt::Display for Command {
                 write!(f, "BlobHolders({digest}, +{add:?}, -{remove:?})")
             }
             Command::SetPin { digest, cid, state } => write!(f, "SetPin({digest}, {cid}, {state:?})"),
+            Command::GcBegin { run } => write!(f, "GcBegin({})", run.run),
+            Command::Collect { run, steps, .. } => write!(f, "Collect({run}, {} steps)", steps.len()),
+            Command::GcEnd { report } => write!(f, "GcEnd({})", report.run),
         }
     }
 }
@@ -308,6 +343,9 @@ pub enum Reject {
         /// The session's current size.
         size: u64,
     },
+    /// Another garbage collection is running (or this one's lease was taken over).
+    #[error("garbage collection {0} is running")]
+    GcRunning(String),
 }
 
 /// The state machine's answer to a command.
@@ -317,13 +355,15 @@ pub enum CommandResult {
     Ok,
     /// Refused; nothing changed.
     Rejected(Reject),
+    /// Garbage collection steps applied: what they removed.
+    Collected(GcTally),
 }
 
 impl CommandResult {
     /// Turn the answer into a `Result`.
     pub fn into_result(self) -> Result<(), Reject> {
         match self {
-            CommandResult::Ok => Ok(()),
+            CommandResult::Ok | CommandResult::Collected(_) => Ok(()),
             CommandResult::Rejected(r) => Err(r),
         }
     }
@@ -353,6 +393,35 @@ mod tests {
                     artifact_type: Some("t".into()),
                     annotations: [("k".to_string(), "v".to_string())].into(),
                 },
+                now_ms: 7,
+            },
+            Command::Collect {
+                run: "r".into(),
+                now_ms: 1,
+                lease_ms: 2,
+                options: GcOptions {
+                    dry_run: false,
+                    delete_untagged: true,
+                    grace_ms: 3,
+                    retention: vec![crate::gc::RetentionPolicy {
+                        repositories: vec!["a/**".into()],
+                        keep_newest: Some(3),
+                        keep_tags: vec!["v.*".into()],
+                        drop_older_than_ms: None,
+                    }],
+                    retention_dry_run: false,
+                },
+                steps: vec![
+                    GcStep::Untag {
+                        repo: "a/b".parse().unwrap(),
+                        tag: "v1".parse().unwrap(),
+                        digest: digest.clone(),
+                        pushed_ms: 4,
+                    },
+                    GcStep::Drop {
+                        digest: digest.clone(),
+                    },
+                ],
             },
             Command::AppendChunk {
                 id: "u".into(),

@@ -10,6 +10,7 @@ pub mod cid;
 pub mod command;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod hash_state;
 pub mod manifest;
 pub mod media;

@@ -150,9 +150,15 @@ impl Repair {
                         add: vec![*target],
                         remove: Vec::new(),
                     };
-                    return match self.peers.node().propose(cmd).await {
-                        Ok(CommandResult::Ok) => Ok(*target),
-                        Ok(CommandResult::Rejected(r)) => Err(r.to_string()),
+                    return match self
+                        .peers
+                        .node()
+                        .propose(cmd)
+                        .await
+                        .map(CommandResult::into_result)
+                    {
+                        Ok(Ok(())) => Ok(*target),
+                        Ok(Err(r)) => Err(r.to_string()),
                         Err(e) => Err(e.to_string()),
                     };
                 }

@@ -91,6 +91,14 @@ impl GoDuration {
     }
 }
 
+impl std::str::FromStr for GoDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<GoDuration, String> {
+        GoDuration::parse(s).map_err(|e| e.to_string())
+    }
+}
+
 impl fmt::Display for GoDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
@@ -268,6 +276,7 @@ impl Config {
                 "cluster.join needs cluster.secret (the secret the cluster's members share)".into(),
             ));
         }
+        self.storage.maintenance.gc.validate()?;
         if self.health.storagedriver.threshold == 0 {
             return Err(ConfigError::Invalid(
                 "health.storagedriver.threshold must be at least 1".into(),

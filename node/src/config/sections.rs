@@ -183,6 +183,115 @@ pub struct RedirectConfig {
 pub struct MaintenanceConfig {
     /// Purging of abandoned upload sessions.
     pub uploadpurging: UploadPurgingConfig,
+    /// Online garbage collection.
+    pub gc: GcConfig,
+}
+
+/// `storage.maintenance.gc:`: scheduled online garbage collection, and the defaults of
+/// `ipcr-node gc`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// Collect on a schedule (the Raft leader does, one collection at a time).
+    pub enabled: bool,
+    /// Time between the end of one scheduled collection and the start of the next.
+    pub interval: GoDuration,
+    /// Blobs uploaded (or mounted) and manifests pushed less than this long ago are kept, and
+    /// so are the nodes' copies written less than this long ago: a push uploads its layers
+    /// before its manifest. Longer than the clocks of the nodes may differ.
+    pub grace: GoDuration,
+    /// Delete manifests no tag reaches (distribution's `--delete-untagged`).
+    #[serde(rename = "delete-untagged")]
+    pub delete_untagged: bool,
+    /// Tag retention.
+    pub retention: RetentionConfig,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: true,
+            interval: GoDuration(Duration::from_secs(24 * 3600)),
+            grace: GoDuration(Duration::from_secs(3600)),
+            delete_untagged: false,
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+/// `storage.maintenance.gc.retention:`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Report the tags the policies would remove, remove none.
+    pub dryrun: bool,
+    /// The policies; a repository follows the first that names it, none when none does.
+    pub policies: Vec<RetentionPolicyConfig>,
+}
+
+/// One retention policy. A tag of a covered repository is removed unless it is among the
+/// `keep-newest`, or matches one of `keep-tags`, or was pushed less than `drop-older-than` ago.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionPolicyConfig {
+    /// Repository name globs (`*` within a path segment, `**` across segments).
+    pub repositories: Vec<String>,
+    /// Keep this many of the most recently pushed tags.
+    #[serde(rename = "keep-newest")]
+    pub keep_newest: Option<u32>,
+    /// Keep tags matching any of these regular expressions (each matches the whole tag).
+    #[serde(rename = "keep-tags")]
+    pub keep_tags: Vec<String>,
+    /// Remove only tags pushed longer ago than this.
+    #[serde(rename = "drop-older-than")]
+    pub drop_older_than: Option<GoDuration>,
+}
+
+impl GcConfig {
+    /// The options of a collection, with this configuration's defaults.
+    pub fn options(&self, dry_run: bool) -> ipcr_proto::gc::GcOptions {
+        ipcr_proto::gc::GcOptions {
+            dry_run,
+            delete_untagged: self.delete_untagged,
+            grace_ms: self.grace.0.as_millis() as u64,
+            retention: self
+                .retention
+                .policies
+                .iter()
+                .map(|p| ipcr_proto::gc::RetentionPolicy {
+                    repositories: p.repositories.clone(),
+                    keep_newest: p.keep_newest,
+                    keep_tags: p.keep_tags.clone(),
+                    drop_older_than_ms: p.drop_older_than.as_ref().map(|d| d.0.as_millis() as u64),
+                })
+                .collect(),
+            retention_dry_run: self.retention.dryrun,
+        }
+    }
+
+    /// Check intervals, globs and patterns.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(format!("storage.maintenance.gc.{m}")));
+        if self.enabled && self.interval.0.is_zero() {
+            return invalid("interval must be longer than 0s".into());
+        }
+        for (i, p) in self.retention.policies.iter().enumerate() {
+            if p.repositories.is_empty() {
+                return invalid(format!(
+                    "retention.policies[{i}].repositories names no repository"
+                ));
+            }
+            if p.keep_newest.is_none() && p.keep_tags.is_empty() && p.drop_older_than.is_none() {
+                return invalid(format!(
+                    "retention.policies[{i}] would remove every tag: give keep-newest, keep-tags or drop-older-than"
+                ));
+            }
+        }
+        if let Err(e) = crate::registry::retention::Retention::compile(&self.options(false).retention) {
+            return invalid(format!("retention.{e}"));
+        }
+        Ok(())
+    }
 }
 
 /// `storage.maintenance.uploadpurging:` (distribution's keys and defaults).

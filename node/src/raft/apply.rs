@@ -8,15 +8,17 @@
 use std::io;
 
 use ipcr_proto::cid::{CidProgress, Leaf};
+use ipcr_proto::gc::{GcOptions, GcReport, GcRun, GcStep, GcTally};
 use ipcr_proto::{
     BlobRecord, ChunkRecord, Command, CommandResult, Digest, IpfsRecord, ManifestRecord, PinState, Reject,
-    RepoName, UploadRecord,
+    RepoName, Tag, UploadRecord,
 };
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOB_LEAVES, BLOB_LINKS, BLOBS, FINISHED, MANIFESTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGS,
-    Table, UNPINNED, UPLOADS, key, prefix_range,
+    BLOB_LEAVES, BLOB_LINKS, BLOB_REFS, BLOBS, FINISHED, GC, GC_LAST, GC_RUNNING, MANIFEST_REPOS, MANIFESTS,
+    PARENTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGGED, TAGS, Table, UNPINNED, UPLOADS, key,
+    ms_of, prefix_range,
 };
 use super::{decode, encode};
 
@@ -60,15 +62,43 @@ impl Tx<'_> {
         self.put(REPOS, repo.as_str(), &[])
     }
 
-    /// Link a committed blob into `repo`. The first link of a blob the backend dropped (or
-    /// was about to drop) has it pinned again.
-    fn link(&self, repo: &RepoName, digest: &Digest) -> io::Result<()> {
+    /// Whether any key of `table` starts with `parts` followed by `\0`.
+    fn any_under(&self, table: Table, parts: &[&str]) -> io::Result<bool> {
+        let t = self.0.open_table(table).map_err(io_err)?;
+        let (lo, hi) = prefix_range(parts);
+        Ok(t.range(lo.as_str()..hi.as_str())
+            .map_err(io_err)?
+            .next()
+            .is_some())
+    }
+
+    /// The keys of `table` under `parts`.
+    fn keys_under(&self, table: Table, parts: &[&str]) -> io::Result<Vec<String>> {
+        let t = self.0.open_table(table).map_err(io_err)?;
+        let (lo, hi) = prefix_range(parts);
+        let mut out = Vec::new();
+        for row in t.range(lo.as_str()..hi.as_str()).map_err(io_err)? {
+            out.push(row.map_err(io_err)?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// A time stored in `table` under `k`.
+    fn ms(&self, table: Table, k: &str) -> io::Result<Option<u64>> {
+        Ok(self.get(table, k)?.map(|v| ms_of(&v)))
+    }
+
+    /// Link a committed blob into `repo` at `now_ms`. Linking again renews the link's age (a
+    /// push that uploads or mounts a blob again is about to reference it). The first link of
+    /// a blob the backend dropped (or was about to drop) has it pinned again.
+    fn link(&self, repo: &RepoName, digest: &Digest, now_ms: u64) -> io::Result<()> {
         let d = digest.to_string();
         let link = key(&[repo.as_str(), &d]);
-        if self.has(REPO_BLOBS, &link)? {
+        let linked = self.has(REPO_BLOBS, &link)?;
+        self.put(REPO_BLOBS, &link, &now_ms.to_le_bytes())?;
+        if linked {
             return Ok(());
         }
-        self.put(REPO_BLOBS, &link, &[])?;
         let links = self.links(&d)? + 1;
         self.put(BLOB_LINKS, &d, &links.to_le_bytes())?;
         if links == 1
@@ -83,12 +113,12 @@ impl Tx<'_> {
         self.touch_repo(repo)
     }
 
-    /// Unlink a blob from `repo`; answers whether it was linked. A blob no repository links
-    /// any more is dropped from the IPFS backend.
-    fn unlink(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+    /// Unlink a blob from `repo`; answers how many repositories still link it (`None` when
+    /// `repo` did not). A blob no repository links any more is dropped from the IPFS backend.
+    fn unlink(&self, repo: &RepoName, digest: &Digest) -> io::Result<Option<u64>> {
         let d = digest.to_string();
         if !self.del(REPO_BLOBS, &key(&[repo.as_str(), &d]))? {
-            return Ok(false);
+            return Ok(None);
         }
         let links = self.links(&d)?.saturating_sub(1);
         self.put(BLOB_LINKS, &d, &links.to_le_bytes())?;
@@ -101,7 +131,7 @@ impl Tx<'_> {
             self.put_record(BLOBS, &d, &record)?;
             self.put(UNPINNED, &d, &[])?;
         }
-        Ok(true)
+        Ok(Some(links))
     }
 
     /// How many repositories link the blob.
@@ -123,14 +153,15 @@ impl Tx<'_> {
         self.has(REPO_MANIFESTS, &key(&[repo.as_str(), &digest.to_string()]))
     }
 
+    /// Record verified bytes of `size` held by `nodes` (with their CID and its leaves, when
+    /// an IPFS backend is configured) and link them into `repo` at `now_ms`.
     fn commit_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        size: u64,
-        nodes: &[u64],
-        cid: Option<&String>,
-        leaves: &[Leaf],
+        (size, nodes): (u64, &[u64]),
+        (cid, leaves): (Option<&String>, &[Leaf]),
+        now_ms: u64,
     ) -> io::Result<()> {
         let d = digest.to_string();
         let mut record = self.record::<BlobRecord>(BLOBS, &d)?.unwrap_or(BlobRecord {
@@ -158,7 +189,198 @@ impl Tx<'_> {
         }
         record.nodes.sort_unstable();
         self.put_record(BLOBS, &d, &record)?;
-        self.link(repo, digest)
+        self.link(repo, digest, now_ms)
+    }
+
+    /// Store a manifest in `repo` (pushed at `now_ms`) with the reverse indexes the garbage
+    /// collector checks, and point `tags` at it.
+    fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tags: &[Tag],
+        record: &ManifestRecord,
+        now_ms: u64,
+    ) -> io::Result<()> {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        self.put_record(MANIFESTS, &d, record)?;
+        self.put(REPO_MANIFESTS, &key(&[r, &d]), &now_ms.to_le_bytes())?;
+        self.put(MANIFEST_REPOS, &key(&[&d, r]), &[])?;
+        for blob in &record.blobs {
+            self.put(BLOB_REFS, &key(&[r, &blob.to_string(), &d]), &[])?;
+        }
+        for child in &record.children {
+            self.put(PARENTS, &key(&[r, &child.to_string(), &d]), &[])?;
+        }
+        for tag in tags {
+            let tk = key(&[r, tag.as_str()]);
+            if let Some(old) = self.get(TAGS, &tk)? {
+                self.del(TAGGED, &key(&[r, &String::from_utf8_lossy(&old), tag.as_str()]))?;
+            }
+            self.put(TAGS, &tk, d.as_bytes())?;
+            self.put(TAGGED, &key(&[r, &d, tag.as_str()]), &now_ms.to_le_bytes())?;
+        }
+        if let Some(subject) = &record.subject {
+            self.put(REFERRERS, &key(&[r, &subject.to_string(), &d]), &[])?;
+        }
+        self.touch_repo(repo)
+    }
+
+    /// Remove a tag; answers whether it existed.
+    fn untag(&self, repo: &RepoName, tag: &str) -> io::Result<bool> {
+        let tk = key(&[repo.as_str(), tag]);
+        let Some(old) = self.get(TAGS, &tk)? else {
+            return Ok(false);
+        };
+        self.del(TAGS, &tk)?;
+        self.del(
+            TAGGED,
+            &key(&[repo.as_str(), &String::from_utf8_lossy(&old), tag]),
+        )?;
+        Ok(true)
+    }
+
+    /// Remove a manifest from `repo` with the tags pointing at it and its index entries; its
+    /// content goes with the last repository holding it. Answers whether `repo` held it.
+    fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> io::Result<bool> {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        if !self.del(REPO_MANIFESTS, &key(&[r, &d]))? {
+            return Ok(false);
+        }
+        for k in self.keys_under(TAGGED, &[r, &d])? {
+            if let Some(tag) = k.rsplit('\0').next() {
+                self.del(TAGS, &key(&[r, tag]))?;
+            }
+            self.del(TAGGED, &k)?;
+        }
+        if let Some(m) = self.record::<ManifestRecord>(MANIFESTS, &d)? {
+            if let Some(subject) = m.subject {
+                self.del(REFERRERS, &key(&[r, &subject.to_string(), &d]))?;
+            }
+            for child in &m.children {
+                self.del(PARENTS, &key(&[r, &child.to_string(), &d]))?;
+            }
+            for blob in &m.blobs {
+                self.del(BLOB_REFS, &key(&[r, &blob.to_string(), &d]))?;
+            }
+        }
+        self.del(MANIFEST_REPOS, &key(&[&d, r]))?;
+        if !self.any_under(MANIFEST_REPOS, &[&d])? {
+            self.del(MANIFESTS, &d)?;
+        }
+        Ok(true)
+    }
+
+    /// Take a blob no repository links out of the blob index, with its holders (whose copies
+    /// the nodes then delete). A blob the IPFS backend has yet to unpin keeps its entry,
+    /// without holders, until the backend confirms; a later collection removes it. Answers
+    /// whether holders were removed (and the blob is counted as collected).
+    fn drop_blob(&self, d: &str, tally: &mut GcTally) -> io::Result<bool> {
+        let Some(mut record) = self.record::<BlobRecord>(BLOBS, d)? else {
+            return Ok(false);
+        };
+        let copies = record.nodes.len() as u64;
+        let unpinning = record
+            .ipfs
+            .as_ref()
+            .is_some_and(|i| i.state != PinState::Unpinned);
+        if unpinning {
+            if copies == 0 {
+                return Ok(false);
+            }
+            record.nodes.clear();
+            self.put_record(BLOBS, d, &record)?;
+        } else {
+            for table in [BLOBS, BLOB_LINKS, BLOB_LEAVES, UNPINNED] {
+                self.del(table, d)?;
+            }
+            if copies == 0 {
+                return Ok(true);
+            }
+        }
+        tally.blobs_removed += 1;
+        tally.bytes_removed += record.size;
+        tally.disk_bytes_removed += record.size * copies;
+        Ok(true)
+    }
+
+    /// Apply one step of a collection if it still holds; answers whether it did.
+    fn gc_step(
+        &self,
+        step: &GcStep,
+        now_ms: u64,
+        options: &GcOptions,
+        tally: &mut GcTally,
+    ) -> io::Result<bool> {
+        let old_enough = |ms: u64| now_ms.saturating_sub(ms) >= options.grace_ms;
+        match step {
+            GcStep::Untag {
+                repo,
+                tag,
+                digest,
+                pushed_ms,
+            } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                let points = self
+                    .get(TAGS, &key(&[r, tag.as_str()]))?
+                    .is_some_and(|v| v == d.as_bytes());
+                if !points || self.ms(TAGGED, &key(&[r, &d, tag.as_str()]))? != Some(*pushed_ms) {
+                    return Ok(false);
+                }
+                self.untag(repo, tag.as_str())?;
+                tally.repo(repo).tags += 1;
+            }
+            GcStep::Manifest { repo, digest } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                let Some(pushed) = self.ms(REPO_MANIFESTS, &key(&[r, &d]))? else {
+                    return Ok(false);
+                };
+                if !old_enough(pushed)
+                    || self.any_under(TAGGED, &[r, &d])?
+                    || self.any_under(PARENTS, &[r, &d])?
+                {
+                    return Ok(false);
+                }
+                let Some(m) = self.record::<ManifestRecord>(MANIFESTS, &d)? else {
+                    return Ok(false);
+                };
+                // A referrer goes with its subject, not before; anything else only when asked.
+                let keep = match &m.subject {
+                    Some(subject) => self.has_manifest(repo, subject)?,
+                    None => !options.delete_untagged,
+                };
+                if keep {
+                    return Ok(false);
+                }
+                self.delete_manifest(repo, digest)?;
+                tally.repo(repo).manifests += 1;
+            }
+            GcStep::Unlink { repo, digest } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                let Some(linked) = self.ms(REPO_BLOBS, &key(&[r, &d]))? else {
+                    return Ok(false);
+                };
+                if !old_enough(linked) || self.any_under(BLOB_REFS, &[r, &d])? {
+                    return Ok(false);
+                }
+                let size = self.record::<BlobRecord>(BLOBS, &d)?.map_or(0, |b| b.size);
+                let left = self.unlink(repo, digest)?;
+                let counts = tally.repo(repo);
+                counts.blobs += 1;
+                counts.bytes += size;
+                if left == Some(0) {
+                    self.drop_blob(&d, tally)?;
+                }
+            }
+            GcStep::Drop { digest } => {
+                let d = digest.to_string();
+                if self.links(&d)? != 0 {
+                    return Ok(false);
+                }
+                return self.drop_blob(&d, tally);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -172,6 +394,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             digest,
             tags,
             record,
+            now_ms,
         } => {
             // Config and layers must be pullable as blobs, index entries as manifests.
             for blob in &record.blobs {
@@ -184,37 +407,16 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                     return rejected(Reject::ManifestBlobUnknown(child.clone()));
                 }
             }
-            let d = digest.to_string();
-            t.put_record(MANIFESTS, &d, record)?;
-            t.put(REPO_MANIFESTS, &key(&[repo.as_str(), &d]), &[])?;
-            for tag in tags {
-                t.put(TAGS, &key(&[repo.as_str(), tag.as_str()]), d.as_bytes())?;
-            }
-            if let Some(subject) = &record.subject {
-                t.put(REFERRERS, &key(&[repo.as_str(), &subject.to_string(), &d]), &[])?;
-            }
-            t.touch_repo(repo)?;
+            t.put_manifest(repo, digest, tags, record, *now_ms)?;
         }
         Command::Untag { repo, tag } => {
-            if !t.del(TAGS, &key(&[repo.as_str(), tag.as_str()]))? {
+            if !t.untag(repo, tag.as_str())? {
                 return rejected(Reject::ManifestUnknown);
             }
         }
         Command::DeleteManifest { repo, digest } => {
-            let d = digest.to_string();
-            if !t.del(REPO_MANIFESTS, &key(&[repo.as_str(), &d]))? {
+            if !t.delete_manifest(repo, digest)? {
                 return rejected(Reject::ManifestUnknown);
-            }
-            // Tags pointing at the manifest go with it.
-            let (lo, hi) = prefix_range(&[repo.as_str()]);
-            let mut tags = tx.open_table(TAGS).map_err(io_err)?;
-            tags.retain_in(lo.as_str()..hi.as_str(), |_, v| v != d.as_bytes())
-                .map_err(io_err)?;
-            drop(tags);
-            if let Some(m) = t.record::<ManifestRecord>(MANIFESTS, &d)?
-                && let Some(subject) = m.subject
-            {
-                t.del(REFERRERS, &key(&[repo.as_str(), &subject.to_string(), &d]))?;
             }
         }
         Command::CommitBlob {
@@ -224,15 +426,16 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             nodes,
             cid,
             leaves,
-        } => t.commit_blob(repo, digest, *size, nodes, cid.as_ref(), leaves)?,
-        Command::LinkBlob { repo, digest } => {
+            now_ms,
+        } => t.commit_blob(repo, digest, (*size, nodes), (cid.as_ref(), leaves), *now_ms)?,
+        Command::LinkBlob { repo, digest, now_ms } => {
             if !t.has(BLOBS, &digest.to_string())? {
                 return rejected(Reject::BlobUnknown);
             }
-            t.link(repo, digest)?;
+            t.link(repo, digest, *now_ms)?;
         }
         Command::UnlinkBlob { repo, digest } => {
-            if !t.unlink(repo, digest)? {
+            if t.unlink(repo, digest)?.is_none() {
                 return rejected(Reject::BlobUnknown);
             }
         }
@@ -311,7 +514,7 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 }
                 return rejected(Reject::UploadUnknown);
             };
-            t.commit_blob(&u.repo, digest, *size, nodes, cid.as_ref(), leaves)?;
+            t.commit_blob(&u.repo, digest, (*size, nodes), (cid.as_ref(), leaves), *now_ms)?;
             t.del(UPLOADS, id)?;
             t.put_record(FINISHED, id, &(digest.to_string(), *now_ms))?;
         }
@@ -377,6 +580,47 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             } else {
                 t.put(UNPINNED, &d, &[])?;
             }
+        }
+        Command::GcBegin { run } => {
+            if let Some(current) = t.record::<GcRun>(GC, GC_RUNNING)?
+                && current.run != run.run
+                && current.lease_until_ms > run.started_ms
+            {
+                return rejected(Reject::GcRunning(current.run));
+            }
+            t.put_record(GC, GC_RUNNING, run)?;
+        }
+        Command::Collect {
+            run,
+            now_ms,
+            lease_ms,
+            options,
+            steps,
+        } => {
+            // Only the collection holding the lease applies steps: one at a time.
+            let Some(mut current) = t.record::<GcRun>(GC, GC_RUNNING)?.filter(|c| &c.run == run) else {
+                return rejected(Reject::GcRunning(run.clone()));
+            };
+            current.lease_until_ms = current.lease_until_ms.max(now_ms + lease_ms);
+            t.put_record(GC, GC_RUNNING, &current)?;
+            let mut tally = GcTally::default();
+            for step in steps {
+                if !t.gc_step(step, *now_ms, options, &mut tally)? {
+                    tally.refused += 1;
+                }
+            }
+            return Ok(CommandResult::Collected(tally));
+        }
+        Command::GcEnd { report } => {
+            if t.record::<GcRun>(GC, GC_RUNNING)?
+                .is_none_or(|c| c.run != report.run)
+            {
+                return rejected(Reject::GcRunning(report.run.clone()));
+            }
+            t.del(GC, GC_RUNNING)?;
+            let mut last: GcReport = report.clone();
+            last.tally.repositories.clear();
+            t.put_record(GC, GC_LAST, &last)?;
         }
     }
     Ok(CommandResult::Ok)

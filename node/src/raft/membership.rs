@@ -374,6 +374,7 @@ impl RaftNode {
             members,
             under_replicated_blobs,
             ipfs,
+            gc: Default::default(),
         }
     }
 }

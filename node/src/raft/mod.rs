@@ -36,9 +36,20 @@ pub type Raft = openraft::Raft<TypeConfig, state_machine::StateMachine>;
 /// A Raft log id.
 pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
 
+/// Milliseconds since the Unix epoch: the proposer's clock, carried in commands (the state
+/// machine never reads a clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Version byte written before every encoded log entry, vote and snapshot, so that a future
-/// change of encoding is detected instead of misread.
-pub const FORMAT_V1: u8 = 1;
+/// change of encoding is detected instead of misread. 2: manifests and blob links carry the
+/// time they were pushed, and the state has the garbage collector's indexes (a data directory
+/// of version 1 is refused, not misread).
+pub const FORMAT: u8 = 2;
 
 /// bincode settings used for everything this module persists.
 pub(crate) fn bincode_config() -> bincode::config::Configuration {
@@ -47,7 +58,7 @@ pub(crate) fn bincode_config() -> bincode::config::Configuration {
 
 /// Encode a value with the format version prefix.
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
-    let mut out = vec![FORMAT_V1];
+    let mut out = vec![FORMAT];
     let body = bincode::serde::encode_to_vec(value, bincode_config()).map_err(std::io::Error::other)?;
     out.extend_from_slice(&body);
     Ok(out)
@@ -56,7 +67,7 @@ pub(crate) fn encode<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>>
 /// Decode a value written by [`encode`].
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::io::Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_V1, body)) => bincode::serde::decode_from_slice(body, bincode_config())
+        Some((&FORMAT, body)) => bincode::serde::decode_from_slice(body, bincode_config())
             .map(|(v, _)| v)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
         Some((v, _)) => Err(std::io::Error::new(

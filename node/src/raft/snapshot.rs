@@ -14,7 +14,7 @@ use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::state::DATA_TABLES;
-use super::{FORMAT_V1, TypeConfig, bincode_config};
+use super::{FORMAT, TypeConfig, bincode_config};
 
 const MAGIC: &[u8; 8] = b"IPCRSNAP";
 
@@ -88,7 +88,7 @@ impl SnapshotDir {
         {
             let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
             w.write_all(MAGIC)?;
-            w.write_all(&[FORMAT_V1])?;
+            w.write_all(&[FORMAT])?;
             write_item(&mut w, &Item::Meta(meta.clone()))?;
             for table in DATA_TABLES {
                 write_item(&mut w, &Item::Table(table.name().to_string()))?;
@@ -139,7 +139,7 @@ fn open_checked(path: &Path) -> io::Result<BufReader<File>> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut head = [0u8; 9];
     r.read_exact(&mut head)?;
-    if &head[..8] != MAGIC || head[8] != FORMAT_V1 {
+    if &head[..8] != MAGIC || head[8] != FORMAT {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not an IPCR snapshot"));
     }
     Ok(r)

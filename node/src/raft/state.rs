@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use ipcr_proto::admin::{IpfsStatus, PinFailure};
+use ipcr_proto::gc::{GcReport, GcRun, GcStatus};
 use ipcr_proto::manifest::Descriptor;
 use ipcr_proto::{BlobRecord, Digest, IpfsRecord, ManifestRecord, PinState, RepoName, UploadRecord};
 use redb::{
@@ -31,11 +32,13 @@ pub(crate) const REPOS: Table = TableDefinition::new("repos");
 pub(crate) const TAGS: Table = TableDefinition::new("tags");
 /// Manifest content, shared by every repository holding it: `digest` → `ManifestRecord`.
 pub(crate) const MANIFESTS: Table = TableDefinition::new("manifests");
-/// Which repositories hold which manifests: `repo\0digest` → empty.
+/// Which repositories hold which manifests, and when they were last pushed there:
+/// `repo\0digest` → ms (u64 little-endian, proposer's clock).
 pub(crate) const REPO_MANIFESTS: Table = TableDefinition::new("repo_manifests");
 /// The blob index: `digest` → `BlobRecord`.
 pub(crate) const BLOBS: Table = TableDefinition::new("blobs");
-/// Which repositories may serve which blobs: `repo\0digest` → empty.
+/// Which repositories may serve which blobs, and when they were last linked (uploaded or
+/// mounted): `repo\0digest` → ms (u64 little-endian, proposer's clock).
 pub(crate) const REPO_BLOBS: Table = TableDefinition::new("repo_blobs");
 /// `repo\0subject\0referrer` → empty.
 pub(crate) const REFERRERS: Table = TableDefinition::new("referrers");
@@ -49,9 +52,25 @@ pub(crate) const UNPINNED: Table = TableDefinition::new("unpinned_blobs");
 pub(crate) const BLOB_LEAVES: Table = TableDefinition::new("blob_leaves");
 /// How many repositories link each blob: `digest` → u64 little-endian.
 pub(crate) const BLOB_LINKS: Table = TableDefinition::new("blob_links");
+/// Which tags point at which manifest, and when they were pushed: `repo\0digest\0tag` →
+/// ms (u64 little-endian, proposer's clock).
+pub(crate) const TAGGED: Table = TableDefinition::new("tagged");
+/// Which manifests of a repository name a manifest as an index entry:
+/// `repo\0child\0parent` → empty.
+pub(crate) const PARENTS: Table = TableDefinition::new("parents");
+/// Which manifests of a repository reference a blob: `repo\0blob\0manifest` → empty.
+pub(crate) const BLOB_REFS: Table = TableDefinition::new("blob_refs");
+/// Which repositories hold a manifest (`REPO_MANIFESTS` the other way round), so that a
+/// manifest's content leaves with its last repository: `digest\0repo` → empty.
+pub(crate) const MANIFEST_REPOS: Table = TableDefinition::new("manifest_repos");
+/// Garbage collection: `running` → `GcRun`, `last` → `GcReport`.
+pub(crate) const GC: Table = TableDefinition::new("gc");
+
+pub(crate) const GC_RUNNING: &str = "running";
+pub(crate) const GC_LAST: &str = "last";
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 12] = [
+pub(crate) const DATA_TABLES: [Table; 17] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -64,10 +83,20 @@ pub(crate) const DATA_TABLES: [Table; 12] = [
     UNPINNED,
     BLOB_LINKS,
     BLOB_LEAVES,
+    TAGGED,
+    PARENTS,
+    BLOB_REFS,
+    MANIFEST_REPOS,
+    GC,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
 pub(crate) const KEY_MEMBERSHIP: &str = "membership";
+
+/// A time or count stored as a table value (u64 little-endian); 0 when malformed.
+pub(crate) fn ms_of(value: &[u8]) -> u64 {
+    value.try_into().map(u64::from_le_bytes).unwrap_or(0)
+}
 
 /// Join key parts with `\0`.
 pub(crate) fn key(parts: &[&str]) -> String {
@@ -373,7 +402,12 @@ impl StateReader {
             let (k, v) = row.map_err(StateError::from)?;
             let b: BlobRecord = decode(v.value()).map_err(StateError::from)?;
             let pinned = b.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
-            if b.nodes.len() < want && !pinned {
+            // A blob being unpinned is linked nowhere: garbage, whatever its copies.
+            let unlinked = b
+                .ipfs
+                .as_ref()
+                .is_some_and(|i| matches!(i.state, PinState::Unpinning | PinState::Unpinned));
+            if b.nodes.len() < want && !pinned && !unlinked {
                 under += 1;
             }
             match b.ipfs {
@@ -409,6 +443,20 @@ impl StateReader {
         Ok((under, ipfs))
     }
 
+    /// The last garbage collection and the one running.
+    pub fn gc_status(&self) -> Result<GcStatus, StateError> {
+        let tx = self.tx()?;
+        Ok(GcStatus {
+            last: Self::record::<GcReport>(Self::get(&tx, GC, GC_LAST)?)?,
+            running: Self::record::<GcRun>(Self::get(&tx, GC, GC_RUNNING)?)?,
+        })
+    }
+
+    /// One consistent view of the whole state, for the garbage collector's plan.
+    pub fn view(&self) -> Result<View, StateError> {
+        Ok(View { tx: self.tx()? })
+    }
+
     /// Number of rows in each data table, for status output.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, StateError> {
         let tx = self.tx()?;
@@ -416,6 +464,131 @@ impl StateReader {
         for table in DATA_TABLES {
             let t = tx.open_table(table).map_err(StateError::from)?;
             out.push((table.name().to_string(), t.len().map_err(StateError::from)?));
+        }
+        Ok(out)
+    }
+}
+
+/// A consistent read of the state (one read transaction): what the garbage collector plans
+/// on. Rows written after it was opened are not seen.
+pub struct View {
+    tx: ReadTransaction,
+}
+
+/// A manifest of a repository as the collector sees it.
+pub struct HeldManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// When it was last pushed to the repository (ms, proposer's clock).
+    pub pushed_ms: u64,
+    /// The record.
+    pub record: ManifestRecord,
+}
+
+impl View {
+    /// `(key, value)` rows of `table` under `parts` (everything when `parts` is empty).
+    fn rows(&self, table: Table, parts: &[&str]) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let t = self.tx.open_table(table).map_err(StateError::from)?;
+        let rows = if parts.is_empty() {
+            t.range::<&str>(..).map_err(StateError::from)?
+        } else {
+            let (lo, hi) = prefix_range(parts);
+            t.range(lo.as_str()..hi.as_str()).map_err(StateError::from)?
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, v) = row.map_err(StateError::from)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Every repository.
+    pub fn repos(&self) -> Result<Vec<RepoName>, StateError> {
+        Ok(self
+            .rows(REPOS, &[])?
+            .into_iter()
+            .filter_map(|(k, _)| k.parse().ok())
+            .collect())
+    }
+
+    /// A repository's tags: (tag, manifest, when pushed).
+    pub fn tags(&self, repo: &RepoName) -> Result<Vec<(ipcr_proto::Tag, Digest, u64)>, StateError> {
+        let times = self.rows(TAGGED, &[repo.as_str()])?;
+        let mut out = Vec::new();
+        for (k, v) in times {
+            let mut parts = k.split('\0').skip(1);
+            let (Some(Ok(digest)), Some(Ok(tag))) =
+                (parts.next().map(str::parse), parts.next().map(str::parse))
+            else {
+                continue;
+            };
+            out.push((tag, digest, ms_of(&v)));
+        }
+        Ok(out)
+    }
+
+    /// A repository's manifests.
+    pub fn manifests(&self, repo: &RepoName) -> Result<Vec<HeldManifest>, StateError> {
+        let t = self.tx.open_table(MANIFESTS).map_err(StateError::from)?;
+        let mut out = Vec::new();
+        for (k, v) in self.rows(REPO_MANIFESTS, &[repo.as_str()])? {
+            let Some(Ok(digest)) = k.split('\0').nth(1).map(str::parse::<Digest>) else {
+                continue;
+            };
+            let Some(raw) = t.get(digest.to_string().as_str()).map_err(StateError::from)? else {
+                continue;
+            };
+            out.push(HeldManifest {
+                digest,
+                pushed_ms: ms_of(&v),
+                record: decode(raw.value()).map_err(StateError::from)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The blobs linked into a repository, with when they were linked.
+    pub fn links(&self, repo: &RepoName) -> Result<Vec<(Digest, u64)>, StateError> {
+        Ok(self
+            .rows(REPO_BLOBS, &[repo.as_str()])?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.split('\0').nth(1)?.parse().ok()?, ms_of(&v))))
+            .collect())
+    }
+
+    /// How many repositories link a blob.
+    pub fn link_count(&self, digest: &Digest) -> Result<u64, StateError> {
+        let t = self.tx.open_table(BLOB_LINKS).map_err(StateError::from)?;
+        Ok(t.get(digest.to_string().as_str())
+            .map_err(StateError::from)?
+            .map_or(0, |v| ms_of(v.value())))
+    }
+
+    /// A blob's index entry.
+    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StateError> {
+        let t = self.tx.open_table(BLOBS).map_err(StateError::from)?;
+        t.get(digest.to_string().as_str())
+            .map_err(StateError::from)?
+            .map(|v| decode(v.value()).map_err(StateError::from))
+            .transpose()
+    }
+
+    /// Blobs of the index that no repository links.
+    pub fn unlinked_blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, StateError> {
+        let links = self.tx.open_table(BLOB_LINKS).map_err(StateError::from)?;
+        let mut out = Vec::new();
+        for (k, v) in self.rows(BLOBS, &[])? {
+            let linked = links
+                .get(k.as_str())
+                .map_err(StateError::from)?
+                .is_some_and(|n| ms_of(n.value()) > 0);
+            if linked {
+                continue;
+            }
+            if let Ok(digest) = k.parse() {
+                out.push((digest, decode(&v).map_err(StateError::from)?));
+            }
         }
         Ok(out)
     }

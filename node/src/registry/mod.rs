@@ -7,6 +7,8 @@
 //! HTTP: failures are [`RegistryError`]s that `api/error.rs` maps to OCI codes.
 
 pub mod error;
+pub mod gc;
+pub mod retention;
 
 use bytes::Bytes;
 use ipcr_proto::manifest::{Descriptor, MAX_MANIFEST_SIZE, ManifestInfo, parse_manifest};
@@ -223,17 +225,16 @@ impl Registry {
             digest: digest.clone(),
             tags: tags.clone(),
             record,
+            now_ms: crate::raft::now_ms(),
         };
-        match self.raft.propose(cmd).await? {
-            CommandResult::Ok => Ok(PushedManifest {
+        match self.raft.propose(cmd).await?.into_result() {
+            Ok(()) => Ok(PushedManifest {
                 digest,
                 subject: info.subject,
                 tags,
             }),
-            CommandResult::Rejected(Reject::ManifestBlobUnknown(d)) => {
-                Err(RegistryError::ManifestBlobUnknown(d))
-            }
-            CommandResult::Rejected(r) => Err(RegistryError::Internal(r.to_string())),
+            Err(Reject::ManifestBlobUnknown(d)) => Err(RegistryError::ManifestBlobUnknown(d)),
+            Err(r) => Err(RegistryError::Internal(r.to_string())),
         }
     }
 
@@ -302,9 +303,9 @@ impl Registry {
                 digest,
             },
         };
-        match self.raft.propose(cmd).await? {
-            CommandResult::Ok => Ok(()),
-            CommandResult::Rejected(_) => Err(self.unknown(&repo, RegistryError::ManifestUnknown)),
+        match self.raft.propose(cmd).await?.into_result() {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.unknown(&repo, RegistryError::ManifestUnknown)),
         }
     }
 
@@ -507,9 +508,10 @@ impl Registry {
                 digest,
             })
             .await?
+            .into_result()
         {
-            CommandResult::Ok => Ok(()),
-            CommandResult::Rejected(_) => Err(self.unknown(&repo, RegistryError::BlobUnknown)),
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.unknown(&repo, RegistryError::BlobUnknown)),
         }
     }
 
@@ -528,6 +530,7 @@ impl Registry {
         let cmd = Command::LinkBlob {
             repo,
             digest: digest.clone(),
+            now_ms: crate::raft::now_ms(),
         };
         Ok(self.raft.propose(cmd).await? == CommandResult::Ok)
     }

@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipcr_proto::Digest;
 
@@ -28,6 +29,9 @@ pub struct FsStore {
     /// When each blob was last read since the node started (for the cache's LRU order; the
     /// file's mtime stands in for blobs not read since).
     last_read: Arc<Mutex<HashMap<Digest, SystemTime>>>,
+    /// Held while a blob's name is created or touched, and while an unrecorded copy is
+    /// checked and deleted, so that the two never interleave.
+    names: Arc<Mutex<()>>,
 }
 
 /// A stored blob, as the cache sees it.
@@ -53,6 +57,7 @@ impl FsStore {
             blobs: data_dir.join("blobs"),
             uploads: data_dir.join("uploads"),
             last_read: Arc::new(Mutex::new(HashMap::new())),
+            names: Arc::new(Mutex::new(())),
         };
         fs::create_dir_all(&store.blobs)?;
         fs::create_dir_all(&store.uploads)?;
@@ -101,6 +106,10 @@ impl FsStore {
 
     /// Make the fully written, fsynced and verified file at `src` visible as `digest`.
     /// `src` stays in place (the caller removes it once the commit is replicated).
+    ///
+    /// The blob's inode change time (ctime) is now either way: a copy that already existed
+    /// is touched, because the command recording this copy follows, and the garbage
+    /// collector's janitor keeps unrecorded copies changed within the grace period.
     pub fn commit(&self, src: &Path, digest: &Digest) -> io::Result<()> {
         let dest = self.blob_path(digest);
         let dir = dest.parent().expect("blob path has a parent");
@@ -109,13 +118,44 @@ impl FsStore {
             sync_dir(dir.parent().expect("algorithm dir"))?;
             sync_dir(&self.blobs)?;
         }
+        let names = self.names.lock().expect("names lock");
         match fs::hard_link(src, &dest) {
             Ok(()) => {}
             // Same digest, same bytes: someone committed it first.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return File::options()
+                    .write(true)
+                    .open(&dest)?
+                    .set_modified(SystemTime::now());
+            }
             Err(e) => return Err(e),
         }
+        drop(names);
         sync_dir(dir)
+    }
+
+    /// Delete this node's copy of a blob the index does not record here, unless its inode
+    /// changed less than `older_than` ago (a copy whose recording command may still be on
+    /// its way). Answers the bytes deleted.
+    pub fn remove_unrecorded(&self, digest: &Digest, older_than: Duration) -> io::Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        let _names = self.names.lock().expect("names lock");
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                meta.ctime().max(0) as u64,
+                meta.ctime_nsec().clamp(0, 999_999_999) as u32,
+            );
+        if SystemTime::now().duration_since(changed).unwrap_or_default() < older_than {
+            return Ok(None);
+        }
+        Self::remove_file(&path)?;
+        self.last_read.lock().expect("last-read lock").remove(digest);
+        Ok(Some(meta.len()))
     }
 
     /// Stream `len` bytes of a blob from `start`.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use ipcr_proto::cid::file_cid;
-use ipcr_proto::{ChunkRecord, Command, CommandResult, NodeId};
+use ipcr_proto::{ChunkRecord, Command, NodeId};
 
 use super::replicate::{self, Written};
 use super::session::{Finish, Prepared};
@@ -149,12 +149,12 @@ pub async fn finish(p: Prepared, msg: Finish) -> Result<u64, UploadError> {
         leaves,
         now_ms: now_ms(),
     };
-    match ctx.raft.propose(cmd).await? {
-        CommandResult::Ok => {
+    match ctx.raft.propose(cmd).await?.into_result() {
+        Ok(()) => {
             let _ = FsStore::remove_file(&p.path);
             Ok(size)
         }
-        CommandResult::Rejected(_) => Err(UploadError::Unknown),
+        Err(_) => Err(UploadError::Unknown),
     }
 }
 

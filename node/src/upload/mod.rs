@@ -14,10 +14,10 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::{Actor, Addr, ArbiterHandle, MailboxError};
-use ipcr_proto::{Algorithm, Command, CommandResult, Digest, RepoName};
+use ipcr_proto::{Algorithm, Command, Digest, RepoName};
 
 use crate::cluster::Peers;
 use crate::cluster::transfer::Transfers;
@@ -109,13 +109,7 @@ where
         .map_err(|e| UploadError::Internal(e.to_string()))?
 }
 
-/// Milliseconds since the Unix epoch: the proposer's clock, carried in commands.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::raft::now_ms;
 
 /// What every session actor shares.
 pub struct UploadContext {
@@ -184,9 +178,9 @@ impl Uploads {
             cid_links: self.ctx.cid_links,
             now_ms: now_ms(),
         };
-        match self.ctx.raft.propose(cmd).await? {
-            CommandResult::Ok => Ok(id),
-            CommandResult::Rejected(r) => Err(UploadError::Internal(r.to_string())),
+        match self.ctx.raft.propose(cmd).await?.into_result() {
+            Ok(()) => Ok(id),
+            Err(r) => Err(UploadError::Internal(r.to_string())),
         }
     }
 
@@ -314,12 +308,12 @@ impl Uploads {
     pub async fn cancel(&self, id: &str, repo: RepoName) -> Result<(), UploadError> {
         self.record(id, &repo).await?;
         let cmd = Command::CancelUpload { id: id.to_string() };
-        match self.ctx.raft.propose(cmd).await? {
-            CommandResult::Ok => {
+        match self.ctx.raft.propose(cmd).await?.into_result() {
+            Ok(()) => {
                 let _ = FsStore::remove_file(&self.ctx.store.upload_path(id));
                 Ok(())
             }
-            CommandResult::Rejected(_) => Err(UploadError::Unknown),
+            Err(_) => Err(UploadError::Unknown),
         }
     }
 
@@ -340,10 +334,11 @@ impl Uploads {
             nodes: stored.nodes,
             cid: stored.cid,
             leaves: stored.leaves,
+            now_ms: now_ms(),
         };
-        match self.ctx.raft.propose(cmd).await? {
-            CommandResult::Ok => Ok(size),
-            CommandResult::Rejected(r) => Err(UploadError::Internal(r.to_string())),
+        match self.ctx.raft.propose(cmd).await?.into_result() {
+            Ok(()) => Ok(size),
+            Err(r) => Err(UploadError::Internal(r.to_string())),
         }
     }
 

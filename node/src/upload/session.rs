@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use ipcr_proto::cid::CidStep;
-use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName, UploadRecord};
+use ipcr_proto::{Command, Digest, Reject, RepoName, UploadRecord};
 
 use super::hasher::ResumableHasher;
 use super::leaves::LeafHasher;
@@ -227,12 +227,10 @@ impl Handler<Write> for UploadSession {
                 cid,
                 now_ms: now_ms(),
             };
-            match p.shared.raft.propose(cmd).await? {
-                CommandResult::Ok => Ok((w.hashes, start + w.len)),
-                CommandResult::Rejected(Reject::RangeMismatch { size }) => {
-                    Err(UploadError::RangeMismatch { size })
-                }
-                CommandResult::Rejected(_) => Err(UploadError::Unknown),
+            match p.shared.raft.propose(cmd).await?.into_result() {
+                Ok(()) => Ok((w.hashes, start + w.len)),
+                Err(Reject::RangeMismatch { size }) => Err(UploadError::RangeMismatch { size }),
+                Err(_) => Err(UploadError::Unknown),
             }
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(|res, act, ctx| match res {

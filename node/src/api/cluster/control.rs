@@ -1,12 +1,14 @@
 //! Leader-side RPCs for followers (forwarded writes, read indexes) and the administrative
-//! endpoints (join, leave, status). Join and leave sent to a follower are forwarded to the
+//! endpoints (join, leave, status, garbage collection). Join and leave sent to a follower are forwarded to the
 //! leader, so an operator can address any member.
 
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
+use futures::StreamExt;
 use ipcr_proto::Command;
 use ipcr_proto::admin::{JoinRequest, LeaveRequest};
+use ipcr_proto::gc::{GcEvent, GcRequest};
 use serde::Serialize;
 
 use super::{ClusterApi, decoded, encoded};
@@ -116,5 +118,39 @@ pub async fn status(state: web::Data<ClusterApi>) -> HttpResponse {
         ipfs.backend = b.name().to_string();
         ipfs
     });
-    HttpResponse::Ok().json(state.node.status(under, ipfs))
+    let mut status = state.node.status(under, ipfs);
+    status.gc = state.node.reader().gc_status().unwrap_or_default();
+    HttpResponse::Ok().json(status)
+}
+
+/// `POST /cluster/gc`: run one garbage collection from this node. The answer streams
+/// newline-delimited JSON [`GcEvent`]s: progress, then the report (or the failure). The
+/// collection goes on if the caller goes away.
+pub async fn gc(state: web::Data<ClusterApi>, req: web::Json<GcRequest>) -> HttpResponse {
+    let req = req.into_inner();
+    let mut options = state.collector.defaults(req.dry_run);
+    if let Some(d) = req.delete_untagged {
+        options.delete_untagged = d;
+    }
+    if let Some(g) = req.grace_ms {
+        options.grace_ms = g;
+    }
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = state.collector.clone();
+    state.node.runtime().spawn(async move {
+        let last = match collector.run(options, &events).await {
+            Ok(report) => GcEvent::Done(report),
+            Err(e) => GcEvent::Failed(e.to_string()),
+        };
+        let _ = events.send(last);
+    });
+    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
+    let lines = events.map(|event| {
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, actix_web::Error>(web::Bytes::from(line))
+    });
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .streaming(lines)
 }

@@ -33,6 +33,8 @@ pub struct ClusterApi {
     pub repair: crate::cluster::repair::Repair,
     /// Uploads to the IPFS backend, when one is configured.
     pub pinner: Option<crate::backend::pinner::Pinner>,
+    /// Garbage collections run from this node.
+    pub collector: crate::registry::gc::Collector,
 }
 
 /// Refuse any request without the cluster secret.
@@ -83,6 +85,7 @@ pub fn app(
         .route("/cluster/join", web::post().to(control::join))
         .route("/cluster/leave", web::post().to(control::leave))
         .route("/cluster/status", web::get().to(control::status))
+        .route("/cluster/gc", web::post().to(control::gc))
         .route("/cluster/uploads/{id}/chunk", web::put().to(transfer::put_chunk))
         .route(
             "/cluster/uploads/{id}/bytes",
