@@ -625,3 +625,321 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
     }
     Ok(CommandResult::Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use ipcr_proto::Algorithm;
+    use ipcr_proto::gc::RepoTally;
+
+    use super::*;
+    use crate::raft::testing::{Db, db, options};
+
+    fn repo(r: &str) -> RepoName {
+        r.parse().unwrap()
+    }
+
+    fn unlink(r: &str, d: &Digest) -> GcStep {
+        GcStep::Unlink {
+            repo: repo(r),
+            digest: d.clone(),
+        }
+    }
+
+    fn manifest(r: &str, d: &Digest) -> GcStep {
+        GcStep::Manifest {
+            repo: repo(r),
+            digest: d.clone(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_and_a_collection_of_its_blob_never_both_win() {
+        let db = db();
+        let layer = db.commit("a", b"layer", 0);
+        db.ok(Command::GcBegin {
+            run: GcRun {
+                run: "r".into(),
+                node: 1,
+                started_ms: 0,
+                lease_until_ms: 30_000,
+                options: options(0, false),
+            },
+        });
+        // The manifest lands first: the planned unlink is refused, the blob stays.
+        let (_, pushed) = db.push("a", Some("v1"), (&[&layer], &[], None), 10);
+        assert_eq!(pushed, CommandResult::Ok);
+        let t = db.collect("r", 20, options(0, false), vec![unlink("a", &layer)]);
+        assert_eq!((t.refused, t.blobs_removed), (1, 0));
+        assert!(db.reader().blob(&repo("a"), &layer).unwrap().is_some());
+        // The collection lands first: the manifest is refused.
+        let other = db.commit("a", b"other", 0);
+        let t = db.collect("r", 20, options(0, false), vec![unlink("a", &other)]);
+        assert_eq!(
+            (t.refused, t.blobs_removed, t.bytes_removed, t.disk_bytes_removed),
+            (0, 1, 5, 10)
+        );
+        let (_, pushed) = db.push("a", Some("v2"), (&[&other], &[], None), 30);
+        assert_eq!(
+            pushed,
+            CommandResult::Rejected(Reject::ManifestBlobUnknown(other.clone()))
+        );
+        assert!(db.reader().blob_any(&other).unwrap().is_none());
+        // A mount of the collected blob is refused too.
+        let mount = db.apply(Command::LinkBlob {
+            repo: repo("b"),
+            digest: other,
+            now_ms: 40,
+        });
+        assert_eq!(mount, CommandResult::Rejected(Reject::BlobUnknown));
+    }
+
+    #[test]
+    fn the_grace_period_counts_from_the_last_upload_or_mount() {
+        let db = db();
+        let layer = db.commit("a", b"layer", 1_000);
+        db.begin("r", 0);
+        let t = db.collect("r", 1_500, options(1_000, false), vec![unlink("a", &layer)]);
+        assert_eq!(t.refused, 1);
+        // Uploaded again at 2 000: still young at 2 500.
+        db.commit("a", b"layer", 2_000);
+        let t = db.collect("r", 2_500, options(1_000, false), vec![unlink("a", &layer)]);
+        assert_eq!(t.refused, 1);
+        // Linked elsewhere: unlinking one repository leaves the blob in the index.
+        db.ok(Command::LinkBlob {
+            repo: repo("b"),
+            digest: layer.clone(),
+            now_ms: 0,
+        });
+        let t = db.collect(
+            "r",
+            3_000,
+            options(1_000, false),
+            vec![unlink("a", &layer), unlink("b", &layer)],
+        );
+        assert_eq!(
+            t.repositories["a"],
+            RepoTally {
+                blobs: 1,
+                bytes: 5,
+                ..Default::default()
+            }
+        );
+        assert_eq!((t.refused, t.blobs_removed), (0, 1));
+        assert_eq!(db.rows(BLOB_LINKS) + db.rows(BLOBS) + db.rows(REPO_BLOBS), 0);
+    }
+
+    #[test]
+    fn manifests_go_only_when_nothing_names_them() {
+        let db = db();
+        let layer = db.commit("a", b"layer", 0);
+        let (child, _) = db.push("a", None, (&[&layer], &[], None), 0);
+        let (index, _) = db.push("a", None, (&[], &[&child], None), 0);
+        let (tagged, _) = db.push("a", Some("t"), (&[&layer], &[&child], Some(&child)), 0);
+        let (signature, _) = db.push("a", None, (&[], &[], Some(&index)), 0);
+        db.begin("r", 0);
+        let all = |db: &Db| {
+            db.collect(
+                "r",
+                100,
+                options(0, true),
+                vec![
+                    manifest("a", &child),
+                    manifest("a", &signature),
+                    manifest("a", &index),
+                    manifest("a", &tagged),
+                ],
+            )
+        };
+        // The child has two parents, the signature its subject, the last one a tag: only the
+        // index goes.
+        let t = all(&db);
+        assert_eq!((t.repositories["a"].manifests, t.refused), (1, 3));
+        // Now the signature's subject is gone (and the index is no step to apply any more);
+        // the child still has a parent.
+        let t = all(&db);
+        assert_eq!((t.repositories["a"].manifests, t.refused), (1, 3));
+        db.ok(Command::Untag {
+            repo: repo("a"),
+            tag: "t".parse().unwrap(),
+        });
+        // Untagged, but its subject (the child) is present: a referrer stays with its subject.
+        let t = all(&db);
+        assert_eq!(t.repositories.get("a").map(|r| r.manifests), None);
+        // Without --delete-untagged nothing untagged goes but referrers of a missing subject.
+        let t = db.collect(
+            "r",
+            100,
+            options(0, false),
+            vec![manifest("a", &child), manifest("a", &tagged)],
+        );
+        assert_eq!(t.refused, 2);
+        // With it, the child can go once nothing names it, and then the referrer.
+        let t = db.collect("r", 100, options(0, true), vec![manifest("a", &tagged)]);
+        assert_eq!(t.refused, 1);
+        db.ok(Command::DeleteManifest {
+            repo: repo("a"),
+            digest: tagged.clone(),
+        });
+        let t = db.collect(
+            "r",
+            100,
+            options(0, true),
+            vec![manifest("a", &child), unlink("a", &layer)],
+        );
+        assert_eq!(
+            (
+                t.repositories["a"].manifests,
+                t.repositories["a"].blobs,
+                t.refused
+            ),
+            (1, 1, 0)
+        );
+        for table in [
+            MANIFESTS,
+            REPO_MANIFESTS,
+            MANIFEST_REPOS,
+            TAGS,
+            TAGGED,
+            PARENTS,
+            BLOB_REFS,
+            REFERRERS,
+            BLOBS,
+        ] {
+            assert_eq!(db.rows(table), 0, "{}", redb::TableHandle::name(&table));
+        }
+    }
+
+    #[test]
+    fn a_manifest_pushed_within_the_grace_period_or_tagged_again_stays() {
+        let db = db();
+        let (m, _) = db.push("a", Some("t"), (&[], &[], None), 1_000);
+        db.begin("r", 0);
+        let untag = |pushed_ms| GcStep::Untag {
+            repo: repo("a"),
+            tag: "t".parse().unwrap(),
+            digest: m.clone(),
+            pushed_ms,
+        };
+        // Planned on the push at 500: the tag was pushed again (at 1 000) since.
+        let t = db.collect("r", 5_000, options(0, true), vec![untag(500), manifest("a", &m)]);
+        assert_eq!(t.refused, 2);
+        let t = db.collect(
+            "r",
+            1_500,
+            options(1_000, true),
+            vec![untag(1_000), manifest("a", &m)],
+        );
+        assert_eq!((t.repositories["a"].tags, t.refused), (1, 1));
+        let t = db.collect("r", 2_000, options(1_000, true), vec![manifest("a", &m)]);
+        assert_eq!(t.repositories["a"].manifests, 1);
+    }
+
+    #[test]
+    fn content_held_by_another_repository_stays() {
+        let db = db();
+        let (m, _) = db.push("a", Some("t"), (&[], &[], None), 0);
+        db.push("b", Some("t"), (&[], &[], None), 0);
+        db.ok(Command::DeleteManifest {
+            repo: repo("a"),
+            digest: m.clone(),
+        });
+        assert!(db.reader().manifest(&repo("b"), &m).unwrap().is_some());
+        db.ok(Command::DeleteManifest {
+            repo: repo("b"),
+            digest: m.clone(),
+        });
+        assert_eq!(db.rows(MANIFESTS), 0);
+    }
+
+    #[test]
+    fn a_blob_still_to_be_unpinned_keeps_its_entry_without_holders() {
+        let db = db();
+        let digest = Algorithm::Sha256.digest_bytes(b"pinned");
+        db.ok(Command::CommitBlob {
+            repo: repo("a"),
+            digest: digest.clone(),
+            size: 6,
+            nodes: vec![1],
+            cid: Some("bafk".into()),
+            leaves: Vec::new(),
+            now_ms: 0,
+        });
+        db.begin("r", 0);
+        let t = db.collect("r", 10, options(0, false), vec![unlink("a", &digest)]);
+        assert_eq!(t.blobs_removed, 1);
+        let record = db.reader().blob_any(&digest).unwrap().unwrap();
+        assert!(record.nodes.is_empty());
+        assert_eq!(record.ipfs.unwrap().state, PinState::Unpinning);
+        // Dropping it again changes nothing until the backend confirms.
+        let t = db.collect(
+            "r",
+            10,
+            options(0, false),
+            vec![GcStep::Drop {
+                digest: digest.clone(),
+            }],
+        );
+        assert_eq!(t.refused, 1);
+        db.ok(Command::SetPin {
+            digest: digest.clone(),
+            cid: "bafk".into(),
+            state: PinState::Unpinned,
+        });
+        let t = db.collect(
+            "r",
+            10,
+            options(0, false),
+            vec![GcStep::Drop {
+                digest: digest.clone(),
+            }],
+        );
+        assert_eq!((t.refused, t.blobs_removed), (0, 0));
+        assert!(db.reader().blob_any(&digest).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_collection_at_a_time() {
+        let db = db();
+        assert_eq!(db.begin("one", 0), CommandResult::Ok);
+        assert_eq!(
+            db.begin("two", 10_000),
+            CommandResult::Rejected(Reject::GcRunning("one".into()))
+        );
+        let stale = db.apply(Command::Collect {
+            run: "two".into(),
+            now_ms: 0,
+            lease_ms: 0,
+            options: options(0, false),
+            steps: Vec::new(),
+        });
+        assert_eq!(stale, CommandResult::Rejected(Reject::GcRunning("two".into())));
+        // A step renews the lease; once it expired another collection takes over.
+        db.collect("one", 20_000, options(0, false), Vec::new());
+        assert!(matches!(db.begin("two", 40_000), CommandResult::Rejected(_)));
+        assert_eq!(db.begin("two", 60_000), CommandResult::Ok);
+        let report = GcReport {
+            run: "one".into(),
+            node: 1,
+            options: options(0, false),
+            started_ms: 0,
+            finished_ms: 1,
+            totals: RepoTally::default(),
+            tally: GcTally::default(),
+        };
+        assert!(matches!(
+            db.apply(Command::GcEnd {
+                report: report.clone()
+            }),
+            CommandResult::Rejected(_)
+        ));
+        let report = GcReport {
+            run: "two".into(),
+            ..report
+        };
+        db.ok(Command::GcEnd {
+            report: report.clone(),
+        });
+        let status = db.reader().gc_status().unwrap();
+        assert_eq!((status.last, status.running), (Some(report), None));
+    }
+}

@@ -14,6 +14,8 @@ mod read;
 pub mod snapshot;
 pub mod state;
 pub mod state_machine;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use ipcr_proto::{Command, CommandResult};
 use openraft::impls::BasicNode;

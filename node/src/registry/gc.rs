@@ -474,3 +474,111 @@ pub fn spawn_janitor(janitor: Janitor) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use ipcr_proto::gc::RetentionPolicy;
+
+    use super::*;
+    use crate::raft::testing::{db, options};
+
+    fn names(steps: &[GcStep]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                GcStep::Untag { repo, tag, .. } => format!("untag {repo}:{tag}"),
+                GcStep::Manifest { repo, digest } => format!("manifest {repo}@{}", &digest.hex()[..6]),
+                GcStep::Unlink { repo, digest } => format!("unlink {repo}@{}", &digest.hex()[..6]),
+                GcStep::Drop { digest } => format!("drop {}", &digest.hex()[..6]),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn marks_from_tags_through_indexes_and_referrers() {
+        let db = db();
+        let config = db.commit("a", b"config", 0);
+        let (l1, l2, sig) = (
+            db.commit("a", b"l1", 0),
+            db.commit("a", b"l2", 0),
+            db.commit("a", b"sig", 0),
+        );
+        let orphan = db.commit("a", b"orphan", 0);
+        let fresh = db.commit("a", b"fresh", 9_500);
+        let (amd64, _) = db.push("a", None, (&[&config, &l1], &[], None), 0);
+        let (arm64, _) = db.push("a", None, (&[&config, &l2], &[], None), 0);
+        let (index, _) = db.push("a", Some("latest"), (&[], &[&amd64, &arm64], None), 0);
+        let (signature, _) = db.push("a", None, (&[&sig], &[], Some(&index)), 0);
+        // An untagged image and its own signature, and a pushed manifest whose tag moved on.
+        let (old, _) = db.push("a", Some("old"), (&[&config, &orphan], &[], None), 0);
+        let (old_sig, _) = db.push("a", None, (&[&sig], &[], Some(&old)), 0);
+        db.ok(Command::Untag {
+            repo: "a".parse().unwrap(),
+            tag: "old".parse().unwrap(),
+        });
+        let view = db.reader().view().unwrap();
+        let keep_all = plan(&view, &options(1_000, false), 10_000).unwrap();
+        assert!(keep_all.untag.is_empty() && keep_all.manifests.is_empty());
+        assert!(keep_all.blobs.is_empty(), "{:?}", names(&keep_all.blobs));
+
+        let p = plan(&view, &options(1_000, true), 10_000).unwrap();
+        // The signature of the untagged image goes after it; the fresh upload stays.
+        let old_first = vec![
+            format!("manifest a@{}", &old.hex()[..6]),
+            format!("manifest a@{}", &old_sig.hex()[..6]),
+        ];
+        assert_eq!(names(&p.manifests), old_first);
+        assert_eq!(names(&p.blobs), vec![format!("unlink a@{}", &orphan.hex()[..6])]);
+        assert_eq!((p.tally.blobs_removed, p.tally.bytes_removed), (1, 6));
+        let _ = (signature, fresh);
+
+        // Applied, the plan leaves every tag whole.
+        db.begin("r", 10_000);
+        let steps = [p.untag, p.manifests, p.blobs].concat();
+        let t = db.collect("r", 10_000, options(1_000, true), steps);
+        assert_eq!((t.refused, t.blobs_removed), (0, 1));
+        let reader = db.reader();
+        for d in [&config, &l1, &l2, &sig] {
+            assert!(reader.blob(&"a".parse().unwrap(), d).unwrap().is_some());
+        }
+        let again = plan(&reader.view().unwrap(), &options(1_000, true), 10_000).unwrap();
+        assert!(again.manifests.is_empty() && again.blobs.is_empty());
+    }
+
+    #[test]
+    fn retention_untags_and_the_untagged_go_in_the_same_collection() {
+        let db = db();
+        let mut images = Vec::new();
+        for i in 0..4u64 {
+            let layer = db.commit("ci/app", format!("layer{i}").as_bytes(), 0);
+            let (m, _) = db.push(
+                "ci/app",
+                Some(&format!("build-{i}")),
+                (&[&layer], &[], None),
+                i * 100,
+            );
+            images.push((m, layer));
+        }
+        let mut o = options(0, true);
+        o.retention = vec![RetentionPolicy {
+            repositories: vec!["ci/**".into()],
+            keep_newest: Some(2),
+            ..Default::default()
+        }];
+        o.retention_dry_run = true;
+        let view = db.reader().view().unwrap();
+        let dry = plan(&view, &o, 1_000).unwrap();
+        assert!(dry.untag.is_empty() && dry.manifests.is_empty());
+        assert_eq!(dry.tally.repositories["ci/app"].tags, 2);
+        o.retention_dry_run = false;
+        let p = plan(&view, &o, 1_000).unwrap();
+        assert_eq!(
+            names(&p.untag),
+            vec!["untag ci/app:build-0", "untag ci/app:build-1"]
+        );
+        assert_eq!(
+            (p.manifests.len(), p.blobs.len(), p.tally.blobs_removed),
+            (2, 2, 2)
+        );
+    }
+}

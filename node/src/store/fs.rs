@@ -222,6 +222,34 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn unrecorded_copies_go_only_once_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let digest = ipcr_proto::Algorithm::Sha256.digest_bytes(b"blob");
+        let tmp = store.temp_path();
+        fs::write(&tmp, b"blob").unwrap();
+        store.commit(&tmp, &digest).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(store.remove_unrecorded(&digest, hour).unwrap(), None);
+        assert_eq!(store.remove_unrecorded(&digest, Duration::ZERO).unwrap(), Some(4));
+        assert_eq!(store.stat(&digest).unwrap(), None);
+        assert_eq!(store.remove_unrecorded(&digest, Duration::ZERO).unwrap(), None);
+        // A commit over an existing copy makes it new again.
+        store.commit(&tmp, &digest).unwrap();
+        let before = fs::metadata(store.blob_path(&digest)).unwrap().ctime_nsec();
+        std::thread::sleep(Duration::from_millis(20));
+        let other = store.temp_path();
+        fs::write(&other, b"blob").unwrap();
+        store.commit(&other, &digest).unwrap();
+        let after = fs::metadata(store.blob_path(&digest)).unwrap();
+        assert_ne!(after.ctime_nsec(), before);
+        assert_eq!(
+            store.remove_unrecorded(&digest, Duration::from_secs(1)).unwrap(),
+            None
+        );
+    }
+
     #[tokio::test]
     async fn commit_then_read_ranges() {
         let dir = tempfile::tempdir().unwrap();
