@@ -366,6 +366,57 @@ health:
     }
 
     #[test]
+    fn garbage_collection_keys() {
+        let yaml = r#"
+storage:
+  maintenance:
+    gc:
+      interval: 12h
+      grace: 30m
+      delete-untagged: true
+      retention:
+        dryrun: true
+        policies:
+          - repositories: ["ci/**"]
+            keep-newest: 10
+            keep-tags: ["v[0-9]+"]
+            drop-older-than: 720h
+"#;
+        let env = vec![(
+            "REGISTRY_STORAGE_MAINTENANCE_GC_ENABLED".to_string(),
+            "false".to_string(),
+        )];
+        let gc = Config::from_yaml(yaml, env).unwrap().storage.maintenance.gc;
+        assert!(!gc.enabled && gc.delete_untagged && gc.retention.dryrun);
+        let o = gc.options(false);
+        assert_eq!(o.grace_ms, 1_800_000);
+        assert_eq!(o.retention[0].keep_newest, Some(10));
+        assert_eq!(o.retention[0].drop_older_than_ms, Some(720 * 3_600_000));
+        let defaults = Config::from_yaml("", no_env()).unwrap().storage.maintenance.gc;
+        assert!(defaults.enabled && !defaults.delete_untagged);
+        assert_eq!(defaults.grace.0, Duration::from_secs(3600));
+        for (bad, says) in [
+            (
+                "      - repositories: []\n        keep-newest: 1\n",
+                "names no repository",
+            ),
+            ("      - repositories: [a]\n", "would remove every tag"),
+            (
+                "      - repositories: [a]\n        keep-tags: [\"(\"]\n",
+                "keep-tags",
+            ),
+        ] {
+            let yaml =
+                format!("storage:\n  maintenance:\n    gc:\n      retention:\n        policies:\n{bad}");
+            let yaml = yaml
+                .replace("      - ", "          - ")
+                .replace("        keep", "            keep");
+            let err = Config::from_yaml(&yaml, no_env()).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_yaml("storage:\n  delete:\n    enabeld: true\n", no_env()).unwrap_err();
         let text = err.to_string();
