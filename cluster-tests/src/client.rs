@@ -52,18 +52,32 @@ pub fn range_size(range: &str) -> Result<u64, String> {
     Ok(end + 1)
 }
 
+/// A blocking HTTP client with the tests' bounded timeouts, no proxy.
+pub fn http_client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// The next page a listing's `Link: <path>; rel="next"` header names.
+pub fn next_link(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("Link")
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| l.split_once('<'))
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map(|(p, _)| p.to_string())
+}
+
 impl Registry {
     /// A client of `base` (`http://127.0.0.1:<port>`), with bounded timeouts.
     pub fn new(base: &str) -> Registry {
-        let http = Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("http client");
         Registry {
             base: base.trim_end_matches('/').to_string(),
-            http,
+            http: http_client(),
         }
     }
 

@@ -27,6 +27,8 @@
 //! - [`jwt`]: tokens forged, tampered and signed by the tests themselves.
 //! - [`credentials`]: htpasswd users, `docker login` in a config of its own, the test CA in
 //!   the Docker Engine's `certs.d`, and tokens from IPCR's token endpoint.
+//! - [`gc`]: `ipcr-node gc` runs and their reports, images whose layers overlap, and the check
+//!   that the nodes' disks hold exactly the live blobs.
 //!
 //! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
 //! helpers that wait are `wait_*`.
@@ -37,6 +39,7 @@ pub mod clients;
 pub mod cluster;
 pub mod credentials;
 pub mod emulator;
+pub mod gc;
 pub mod jepsen;
 pub mod jwt;
 pub mod linearizability;

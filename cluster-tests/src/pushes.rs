@@ -23,40 +23,54 @@ pub const MAX_ATTEMPTS: usize = 50;
 /// An image built in memory: a config, layers, and the manifest naming them.
 pub struct Image {
     /// Config and layers, in that order: `(digest, bytes)`.
-    pub blobs: Vec<(String, Arc<Vec<u8>>)>,
+    pub blobs: Vec<Blob>,
     /// The manifest's bytes.
     pub manifest: Vec<u8>,
+}
+
+/// A blob: its digest and bytes.
+pub type Blob = (String, Arc<Vec<u8>>);
+
+/// `bytes` as a [`Blob`].
+pub fn blob(bytes: Vec<u8>) -> Blob {
+    (sha256_digest(&bytes), Arc::new(bytes))
 }
 
 /// A deterministic image of `layers` layers of `layer_len` pseudo-random bytes each; `seed`
 /// makes it unique.
 pub fn image(seed: u64, layers: usize, layer_len: usize) -> Image {
-    let layer_blobs: Vec<Vec<u8>> = (0..layers)
-        .map(|l| oci::noise(seed * 1000 + l as u64 + 1, layer_len))
+    let layers: Vec<Blob> = (0..layers)
+        .map(|l| blob(oci::noise(seed * 1000 + l as u64 + 1, layer_len)))
         .collect();
+    image_of(seed, &layers)
+}
+
+/// An image of a config of its own (naming `seed`) and `layers`, in order (layers may be
+/// shared between images): config first in its blobs.
+pub fn image_of(seed: u64, layers: &[Blob]) -> Image {
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
         "config": { "Env": [format!("SEED={seed}")] },
         "rootfs": {
             "type": "layers",
-            "diff_ids": layer_blobs.iter().map(|b| sha256_digest(b)).collect::<Vec<_>>(),
+            "diff_ids": layers.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
         },
     }))
     .expect("json");
-    let descriptor = |media_type: &str, bytes: &[u8]| json!({ "mediaType": media_type, "digest": sha256_digest(bytes), "size": bytes.len() });
+    let config = blob(config);
+    let descriptor = |media_type: &str, (digest, bytes): &Blob| json!({ "mediaType": media_type, "digest": digest, "size": bytes.len() });
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": descriptor(CONFIG, &config),
-        "layers": layer_blobs.iter().map(|b| descriptor(LAYER_TAR, b)).collect::<Vec<_>>(),
+        "layers": layers.iter().map(|l| descriptor(LAYER_TAR, l)).collect::<Vec<_>>(),
     }))
     .expect("json");
-    let blobs = std::iter::once(config)
-        .chain(layer_blobs)
-        .map(|b| (sha256_digest(&b), Arc::new(b)))
-        .collect();
-    Image { blobs, manifest }
+    Image {
+        blobs: std::iter::once(config).chain(layers.iter().cloned()).collect(),
+        manifest,
+    }
 }
 
 /// An image the registry acknowledged: every blob with `201`, then the manifest by tag.
@@ -71,7 +85,7 @@ pub struct Pushed {
     /// The manifest's bytes.
     pub manifest: Vec<u8>,
     /// `(digest, bytes)` of the config and layers.
-    pub blobs: Vec<(String, Arc<Vec<u8>>)>,
+    pub blobs: Vec<Blob>,
 }
 
 /// Run `step` on the registry `pick(attempt)` until it succeeds, at most [`MAX_ATTEMPTS`]

@@ -211,6 +211,7 @@ fn serve_fake(conn: TcpStream, id: u64, stop: &AtomicBool) {
                 members: Vec::new(),
                 under_replicated_blobs: 0,
                 ipfs: None,
+                gc: Default::default(),
             })
             .expect("json");
             let _ = write!(

@@ -655,3 +655,69 @@ fn a_blob_no_repository_links_is_unpinned_and_pinned_again_when_pushed_again() {
     wait_pinned(&cluster, 1, Duration::from_secs(60));
     assert_eq!(pins(), 1);
 }
+
+#[test]
+fn collected_blobs_are_unpinned_and_kept_ones_stay_pinned() {
+    use cluster_tests::gc::{self, GcArgs};
+    let emu = Emulator::start();
+    let env = estuary_env(&emu, false);
+    let cluster = Cluster::start(1, &borrowed(&env));
+    let base = cluster.nodes[0].base_url();
+    let reg = Registry::new(&base);
+    // Two images sharing nothing: configs and layers all of their own.
+    let kept = push(&reg, "gc/kept", 600);
+    let doomed = push(&reg, "gc/doomed", 601);
+    let all = kept.blobs.len() + doomed.blobs.len();
+    wait_pinned(&cluster, all as u64, Duration::from_secs(60));
+    let pins = |digest: &str| {
+        estuary_get(&emu, &format!("/pinning/pins?name={digest}"))["count"]
+            .as_u64()
+            .unwrap()
+    };
+    for (d, _) in kept.blobs.iter().chain(&doomed.blobs) {
+        assert_eq!(pins(d), 1, "{d} pinned once");
+    }
+    let resp = Client::new()
+        .delete(format!("{base}/v2/gc/doomed/manifests/{}", doomed.digest))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "DELETE of the doomed manifest");
+    let report = gc::must_gc(&cluster.nodes[0].cluster_url(), &GcArgs::grace(0));
+    eprintln!("{}", gc::describe(&report));
+    assert_eq!(
+        report.tally.blobs_removed,
+        doomed.blobs.len() as u64,
+        "the doomed image's blobs, and only them"
+    );
+    // Collected: unpinned; kept: still pinned, and the status agrees.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: Vec<&String> = doomed
+            .blobs
+            .iter()
+            .map(|(d, _)| d)
+            .filter(|d| pins(d) != 0)
+            .collect();
+        let s = ipfs_status(&cluster);
+        if left.is_empty() && (s.pinned, s.pending, s.failed) == (kept.blobs.len() as u64, 0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collected blobs still pinned: {left:?}; status {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (d, _) in &kept.blobs {
+        assert_eq!(pins(d), 1, "kept blob {d} unpinned");
+    }
+    pushes::must_serve(&reg, "the node", &kept);
+    for (d, _) in &doomed.blobs {
+        let status = Client::new()
+            .get(format!("{base}/v2/gc/doomed/blobs/{d}"))
+            .send()
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 404, "collected blob {d} still served");
+    }
+}

@@ -144,13 +144,7 @@ fn page_through(base: &str, first: &str, key: &str) -> Result<(f64, usize, usize
         if !r.status().is_success() {
             bail!("GET {path}: {}", r.status());
         }
-        next = r
-            .headers()
-            .get("Link")
-            .and_then(|l| l.to_str().ok())
-            .and_then(|l| l.split_once('<'))
-            .and_then(|(_, rest)| rest.split_once('>'))
-            .map(|(p, _)| p.to_string());
+        next = cluster_tests::client::next_link(r.headers());
         let v: serde_json::Value = r.json()?;
         items += v[key].as_array().map(|a| a.len()).unwrap_or(0);
         pages += 1;
