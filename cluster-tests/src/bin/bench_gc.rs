@@ -3,7 +3,7 @@
 //!
 //! ```console
 //! $ cargo build --release -p ipcr-node -p cluster-tests
-//! $ ./target/release/bench_gc [--runs 3] [--nodes 1|3] [--repos 1000] [--tags 10] [--pushes 1000]
+//! $ ./target/release/bench_gc [--runs 3] [--nodes 1|3] [--repos 1000] [--tags 10] [--pushes 8000]
 //! ```
 //!
 //! Repository `gcbench/r<r>` holds tags `t0`..`t9`; the manifest of each tag has five layers of
@@ -46,6 +46,27 @@ const LAYER_LEN: usize = 64;
 const DURING_CAP: usize = 200_000;
 const CONFIG_BYTES: &[u8] =
     br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+
+/// Wait (at most two minutes) until the number of blob files on the nodes' disks has not
+/// changed for two seconds.
+fn settle(cluster: &Cluster) {
+    let count = || -> usize {
+        cluster
+            .nodes
+            .iter()
+            .map(|n| gc::blob_files(&n.data_dir()).len())
+            .sum()
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let (mut last, mut since) = (count(), Instant::now());
+    while Instant::now() < deadline && since.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
 
 fn arg<T: FromStr>(name: &str, default: T) -> Result<T> {
     let args: Vec<String> = std::env::args().collect();
@@ -230,7 +251,7 @@ fn counts(r: &GcReport) -> String {
 fn main() -> Result<()> {
     let runs: usize = arg("--runs", 3usize)?.clamp(1, 10);
     let nodes: usize = arg("--nodes", 1usize)?;
-    let pushes: usize = arg("--pushes", 1000usize)?;
+    let pushes: usize = arg("--pushes", 8000usize)?;
     let shape = Shape {
         repos: arg("--repos", 1000usize)?,
         tags: arg("--tags", 10usize)?,
@@ -282,6 +303,9 @@ fn main() -> Result<()> {
     eprintln!("deleting the odd tags, then a collection that removes half ...");
     let half = delete(&apis, &shape, &digests, |t| t % 2 == 1)?;
     let (half_report, half_s) = timed_gc(&url)?;
+    // The nodes delete the collected copies after the collection: let that disk work end
+    // before measuring pushes without a collection.
+    settle(&cluster);
 
     eprintln!("manifest PUT latency without a collection ...");
     let fresh = delete(&apis, &shape, &digests, |t| t % 4 == 2)?;
@@ -307,6 +331,21 @@ fn main() -> Result<()> {
         .filter(|(a, b)| *a >= window_start && *b <= window_end)
         .collect();
     let (without_ms, during_ms) = (ms(&without), ms(&inside));
+    if std::env::var_os("IPCR_BENCH_SLOWEST").is_some() {
+        let mut slow: Vec<(f64, f64)> = inside
+            .iter()
+            .map(|(a, b)| {
+                (
+                    (*b - *a).as_secs_f64() * 1e3,
+                    (*a - window_start).as_secs_f64() * 1e3,
+                )
+            })
+            .collect();
+        slow.sort_by(|x, y| y.0.total_cmp(&x.0));
+        for (took, at) in slow.iter().take(40) {
+            eprintln!("slow PUT: {took:.1} ms at +{at:.0} ms");
+        }
+    }
 
     let nothing_report = nothing_report.expect("at least one run");
     println!(
