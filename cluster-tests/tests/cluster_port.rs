@@ -100,18 +100,18 @@ fn read_index_calls_share_one_connection() {
         .to_string();
     let mut stream = TcpStream::connect(&addr).expect("connect to the cluster port");
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // The body is the encoded unit value: the format version byte alone.
+    // The body is the encoded unit value: the format version byte alone (2, node::raft::FORMAT).
     let mut request = format!(
         "POST /cluster/read-index HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {CLUSTER_SECRET}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: 1\r\n\r\n"
     )
     .into_bytes();
-    request.push(1);
+    request.push(2);
     for call in 0..3 {
         let (status, body) = exchange(&mut stream, &request);
         assert_eq!(status, 200, "call {call}: {}", String::from_utf8_lossy(&body));
-        // Format version 1, then `Ok` (variant 0) and the index.
-        assert!(body.starts_with(&[1, 0]), "call {call}: {body:?}");
+        // Format version 2, then `Ok` (variant 0) and the index.
+        assert!(body.starts_with(&[2, 0]), "call {call}: {body:?}");
     }
     // A body in an unknown format is refused, not ignored.
     let mut bad = request.clone();

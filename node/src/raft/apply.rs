@@ -16,9 +16,9 @@ use ipcr_proto::{
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOB_LEAVES, BLOB_LINKS, BLOB_REFS, BLOBS, FINISHED, GC, GC_LAST, GC_RUNNING, MANIFEST_REPOS, MANIFESTS,
-    PARENTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGGED, TAGS, Table, UNPINNED, UPLOADS, key,
-    ms_of, prefix_range,
+    BLOB_LEAVES, BLOB_LINKS, BLOB_REFS, BLOBS, DROPPED, FINISHED, GC, GC_LAST, GC_RUNNING, MANIFEST_REPOS,
+    MANIFESTS, PARENTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGGED, TAGS, Table, UNPINNED, UPLOADS,
+    key, ms_of, prefix_range,
 };
 use super::{decode, encode};
 
@@ -189,6 +189,8 @@ impl Tx<'_> {
         }
         record.nodes.sort_unstable();
         self.put_record(BLOBS, &d, &record)?;
+        // Pushed again: its copies are no collector's any more.
+        self.del(DROPPED, &d)?;
         self.link(repo, digest, now_ms)
     }
 
@@ -272,14 +274,16 @@ impl Tx<'_> {
     }
 
     /// Take a blob no repository links out of the blob index, with its holders (whose copies
-    /// the nodes then delete). A blob the IPFS backend has yet to unpin keeps its entry,
-    /// without holders, until the backend confirms; a later collection removes it. Answers
-    /// whether holders were removed (and the blob is counted as collected).
-    fn drop_blob(&self, d: &str, tally: &mut GcTally) -> io::Result<bool> {
+    /// the nodes then delete), at `now_ms` with `grace_ms`: the blob's tombstone tells the
+    /// nodes' janitors which copies are collected. A blob the IPFS backend has yet to unpin
+    /// keeps its entry, without holders, until the backend confirms; a later collection
+    /// removes it. Answers whether holders were removed (and the blob is counted).
+    fn drop_blob(&self, d: &str, (now_ms, grace_ms): (u64, u64), tally: &mut GcTally) -> io::Result<bool> {
         let Some(mut record) = self.record::<BlobRecord>(BLOBS, d)? else {
             return Ok(false);
         };
         let copies = record.nodes.len() as u64;
+        self.put_record(DROPPED, d, &(now_ms, grace_ms))?;
         let unpinning = record
             .ipfs
             .as_ref()
@@ -369,7 +373,7 @@ impl Tx<'_> {
                 counts.blobs += 1;
                 counts.bytes += size;
                 if left == Some(0) {
-                    self.drop_blob(&d, tally)?;
+                    self.drop_blob(&d, (now_ms, options.grace_ms), tally)?;
                 }
             }
             GcStep::Drop { digest } => {
@@ -377,12 +381,15 @@ impl Tx<'_> {
                 if self.links(&d)? != 0 {
                     return Ok(false);
                 }
-                return self.drop_blob(&d, tally);
+                return self.drop_blob(&d, (now_ms, options.grace_ms), tally);
             }
         }
         Ok(true)
     }
 }
+
+/// How long the tombstone of a collected blob is kept (ms).
+const DROPPED_FOR_MS: u64 = 24 * 3600 * 1000;
 
 /// Apply one command. `Err` is a storage fault (fatal for the node); refusals are `Ok`.
 pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandResult> {
@@ -589,6 +596,13 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 return rejected(Reject::GcRunning(current.run));
             }
             t.put_record(GC, GC_RUNNING, run)?;
+            // Tombstones a day old have served: every node still up swept long ago, and a
+            // node back after longer finds those copies older than any grace period.
+            let mut dropped = tx.open_table(DROPPED).map_err(io_err)?;
+            let horizon = run.started_ms.saturating_sub(DROPPED_FOR_MS);
+            dropped
+                .retain(|_, v| decode::<(u64, u64)>(v).is_ok_and(|(ms, _)| ms >= horizon))
+                .map_err(io_err)?;
         }
         Command::Collect {
             run,
@@ -687,10 +701,38 @@ mod tests {
         // A mount of the collected blob is refused too.
         let mount = db.apply(Command::LinkBlob {
             repo: repo("b"),
-            digest: other,
+            digest: other.clone(),
             now_ms: 40,
         });
         assert_eq!(mount, CommandResult::Rejected(Reject::BlobUnknown));
+        // Its tombstone tells the janitors, until it is pushed again.
+        assert_eq!(db.reader().dropped(&other).unwrap(), Some((20, 0)));
+        db.commit("a", b"other", 50);
+        assert_eq!(db.reader().dropped(&other).unwrap(), None);
+    }
+
+    #[test]
+    fn tombstones_last_a_day() {
+        let db = db();
+        let day = 24 * 3600 * 1000;
+        let blob = db.commit("a", b"blob", 0);
+        db.begin("r", 0);
+        db.collect("r", 1_000, options(0, false), vec![unlink("a", &blob)]);
+        db.ok(Command::GcEnd {
+            report: GcReport {
+                run: "r".into(),
+                node: 1,
+                options: options(0, false),
+                started_ms: 0,
+                finished_ms: 1,
+                totals: Default::default(),
+                tally: GcTally::default(),
+            },
+        });
+        db.begin("s", day);
+        assert!(db.reader().dropped(&blob).unwrap().is_some());
+        db.begin("s", day + 1_001);
+        assert!(db.reader().dropped(&blob).unwrap().is_none());
     }
 
     #[test]

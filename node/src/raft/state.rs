@@ -63,6 +63,10 @@ pub(crate) const BLOB_REFS: Table = TableDefinition::new("blob_refs");
 /// Which repositories hold a manifest (`REPO_MANIFESTS` the other way round), so that a
 /// manifest's content leaves with its last repository: `digest\0repo` → empty.
 pub(crate) const MANIFEST_REPOS: Table = TableDefinition::new("manifest_repos");
+/// Blobs a collection removed from the index, for the nodes' janitors: `digest` → (when,
+/// the collection's grace period), both ms. Removed when the blob is committed again, and
+/// after a day.
+pub(crate) const DROPPED: Table = TableDefinition::new("dropped_blobs");
 /// Garbage collection: `running` → `GcRun`, `last` → `GcReport`.
 pub(crate) const GC: Table = TableDefinition::new("gc");
 
@@ -70,7 +74,7 @@ pub(crate) const GC_RUNNING: &str = "running";
 pub(crate) const GC_LAST: &str = "last";
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 17] = [
+pub(crate) const DATA_TABLES: [Table; 18] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -87,6 +91,7 @@ pub(crate) const DATA_TABLES: [Table; 17] = [
     PARENTS,
     BLOB_REFS,
     MANIFEST_REPOS,
+    DROPPED,
     GC,
 ];
 
@@ -450,6 +455,11 @@ impl StateReader {
             last: Self::record::<GcReport>(Self::get(&tx, GC, GC_LAST)?)?,
             running: Self::record::<GcRun>(Self::get(&tx, GC, GC_RUNNING)?)?,
         })
+    }
+
+    /// When a collection removed a blob from the index, and with which grace period (ms).
+    pub fn dropped(&self, digest: &Digest) -> Result<Option<(u64, u64)>, StateError> {
+        Self::record(Self::get(&self.tx()?, DROPPED, &digest.to_string())?)
     }
 
     /// One consistent view of the whole state, for the garbage collector's plan.

@@ -419,7 +419,8 @@ pub struct Janitor {
 }
 
 impl Janitor {
-    /// The janitor of `store`; `grace` protects fresh copies before any collection ran.
+    /// The janitor of `store`; `grace` (`storage.maintenance.gc.grace`) protects fresh
+    /// copies that no collection removed.
     pub fn new(raft: RaftNode, store: FsStore, grace: Duration) -> Janitor {
         Janitor { raft, store, grace }
     }
@@ -427,22 +428,15 @@ impl Janitor {
     /// One pass: answers the copies deleted and their bytes.
     ///
     /// A copy is written (or, when it already exists, touched) before the command recording
-    /// it is proposed, so a copy the index does not record may be one about to be: only
-    /// copies whose inode changed longer ago than the collections' grace period go. The read
-    /// barrier makes every command committed before the pass visible to it.
+    /// it is proposed, so a copy the index does not record may be one about to be. A copy of
+    /// a blob a collection removed goes once its inode is older than that collection's grace
+    /// period; any other unrecorded copy (a new upload on its way, a copy whose recording was
+    /// refused) only once older than the configured grace period. The read barrier makes
+    /// every command committed before the pass visible to it.
     pub async fn sweep(&self) -> Result<(usize, u64), String> {
         self.raft.read_barrier().await.map_err(|e| e.to_string())?;
         let reader = self.raft.reader().clone();
-        let status = reader.gc_status().map_err(|e| e.to_string())?;
-        let protect = [
-            status.running.map(|r| r.options.grace_ms),
-            status.last.map(|l| l.options.grace_ms),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .map_or(self.grace, Duration::from_millis);
-        let (store, me) = (self.store.clone(), self.raft.id());
+        let (store, me, grace) = (self.store.clone(), self.raft.id(), self.grace);
         in_background("gc-janitor", move || {
             let (mut files, mut bytes) = (0, 0);
             for blob in store.list().map_err(|e| e.to_string())? {
@@ -451,6 +445,11 @@ impl Janitor {
                     Err(_) => continue,
                     _ => {}
                 }
+                let protect = match reader.dropped(&blob.digest) {
+                    Ok(Some((_, collected_with))) => Duration::from_millis(collected_with).min(grace),
+                    Ok(None) => grace,
+                    Err(_) => continue,
+                };
                 match store.remove_unrecorded(&blob.digest, protect) {
                     Ok(Some(size)) => {
                         tracing::debug!(digest = %blob.digest, size, "deleted a copy no longer recorded here");
