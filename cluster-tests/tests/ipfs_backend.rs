@@ -721,3 +721,76 @@ fn collected_blobs_are_unpinned_and_kept_ones_stay_pinned() {
         assert_eq!(status.as_u16(), 404, "collected blob {d} still served");
     }
 }
+
+#[test]
+fn the_cache_evicts_while_collections_remove_what_no_tag_reaches() {
+    use cluster_tests::gc::{self, GcArgs};
+    let emu = Emulator::start();
+    let mut env = estuary_env(&emu, false);
+    env.push(("REGISTRY_STORAGE_CACHE_MAXSIZE".into(), "1MiB".into()));
+    let node = Node::start_with_env("cache-gc", &borrowed(&env));
+    let (base, cluster_url) = (node.base_url(), node.cluster_url());
+    let reg = Registry::new(&base);
+    let kept = push(&reg, "gc/kept", 700);
+    let doomed = push(&reg, "gc/doomed", 701);
+    let local = |blobs: &[(String, std::sync::Arc<Vec<u8>>)]| {
+        gc::blob_files(&node.data_dir())
+            .keys()
+            .filter(|d| blobs.iter().any(|(b, _)| b == *d))
+            .count()
+    };
+    // The cache evicts blobs the backend confirms, the doomed image's among them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local(&kept.blobs) + local(&doomed.blobs) > 2 {
+        assert!(Instant::now() < deadline, "nothing evicted over the cache limit");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resp = Client::new()
+        .delete(format!("{base}/v2/gc/doomed/manifests/{}", doomed.digest))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let report = gc::must_gc(&cluster_url, &GcArgs::grace(0));
+    eprintln!("{}", gc::describe(&report));
+    assert_eq!(
+        report.totals.blobs,
+        doomed.blobs.len() as u64,
+        "every doomed link"
+    );
+    // Collected blobs leave the disk (those not evicted) and the backend; kept ones stay
+    // pullable, from the disk or the backend, and the cache goes on evicting them.
+    let pins = |digest: &str| {
+        estuary_get(&emu, &format!("/pinning/pins?name={digest}"))["count"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local(&doomed.blobs) > 0 || doomed.blobs.iter().any(|(d, _)| pins(d) != 0) {
+        assert!(
+            Instant::now() < deadline,
+            "collected blobs still on the disk or pinned"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (d, _) in &kept.blobs {
+        assert_eq!(pins(d), 1, "kept blob {d} unpinned");
+    }
+    for (digest, bytes) in &kept.blobs {
+        let got = reg.get_blob("gc/kept", digest).expect("pull of a kept blob");
+        assert_eq!(&got.bytes, &bytes[..]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local(&kept.blobs) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache stopped evicting after a collection"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Once the backend confirmed the unpins, a later collection finds nothing more to do.
+    let again = gc::must_gc(&cluster_url, &GcArgs::grace(0));
+    assert_eq!(
+        (again.totals.blobs, again.tally.blobs_removed, again.tally.refused),
+        (0, 0, 0)
+    );
+}
