@@ -646,7 +646,7 @@ mod tests {
     use ipcr_proto::gc::RepoTally;
 
     use super::*;
-    use crate::raft::testing::{Db, db, options};
+    use crate::raft::testing::{Db, db, options, report};
 
     fn repo(r: &str) -> RepoName {
         r.parse().unwrap()
@@ -718,17 +718,7 @@ mod tests {
         let blob = db.commit("a", b"blob", 0);
         db.begin("r", 0);
         db.collect("r", 1_000, options(0, false), vec![unlink("a", &blob)]);
-        db.ok(Command::GcEnd {
-            report: GcReport {
-                run: "r".into(),
-                node: 1,
-                options: options(0, false),
-                started_ms: 0,
-                finished_ms: 1,
-                totals: Default::default(),
-                tally: GcTally::default(),
-            },
-        });
+        db.ok(Command::GcEnd { report: report("r") });
         db.begin("s", day);
         assert!(db.reader().dropped(&blob).unwrap().is_some());
         db.begin("s", day + 1_001);
@@ -959,29 +949,14 @@ mod tests {
         db.collect("one", 20_000, options(0, false), Vec::new());
         assert!(matches!(db.begin("two", 40_000), CommandResult::Rejected(_)));
         assert_eq!(db.begin("two", 60_000), CommandResult::Ok);
-        let report = GcReport {
-            run: "one".into(),
-            node: 1,
-            options: options(0, false),
-            started_ms: 0,
-            finished_ms: 1,
-            totals: RepoTally::default(),
-            tally: GcTally::default(),
-        };
-        assert!(matches!(
-            db.apply(Command::GcEnd {
-                report: report.clone()
-            }),
-            CommandResult::Rejected(_)
-        ));
-        let report = GcReport {
-            run: "two".into(),
-            ..report
-        };
+        let stale = db.apply(Command::GcEnd {
+            report: report("one"),
+        });
+        assert!(matches!(stale, CommandResult::Rejected(_)));
         db.ok(Command::GcEnd {
-            report: report.clone(),
+            report: report("two"),
         });
         let status = db.reader().gc_status().unwrap();
-        assert_eq!((status.last, status.running), (Some(report), None));
+        assert_eq!((status.last, status.running), (Some(report("two")), None));
     }
 }

@@ -1,6 +1,6 @@
 //! A state machine database for unit tests, with commands to fill it.
 
-use ipcr_proto::gc::{GcOptions, GcRun, GcStep, GcTally};
+use ipcr_proto::gc::{GcOptions, GcReport, GcRun, GcStep, GcTally};
 use ipcr_proto::{Algorithm, Command, CommandResult, Digest, ManifestRecord};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -127,5 +127,18 @@ pub(crate) fn options(grace_ms: u64, delete_untagged: bool) -> GcOptions {
         grace_ms,
         retention: Vec::new(),
         retention_dry_run: false,
+    }
+}
+
+/// The report of an empty collection `run`.
+pub(crate) fn report(run: &str) -> GcReport {
+    GcReport {
+        run: run.into(),
+        node: 1,
+        options: options(0, false),
+        started_ms: 0,
+        finished_ms: 1,
+        totals: Default::default(),
+        tally: GcTally::default(),
     }
 }
