@@ -436,7 +436,10 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
             now_ms,
         } => t.commit_blob(repo, digest, (*size, nodes), (cid.as_ref(), leaves), *now_ms)?,
         Command::LinkBlob { repo, digest, now_ms } => {
-            if !t.has(BLOBS, &digest.to_string())? {
+            // A mount copies a link: a blob no repository links is garbage, perhaps already
+            // without copies and leaving the IPFS backend (its entry waits for the unpin).
+            let d = digest.to_string();
+            if !t.has(BLOBS, &d)? || t.links(&d)? == 0 {
                 return rejected(Reject::BlobUnknown);
             }
             t.link(repo, digest, *now_ms)?;
@@ -902,6 +905,13 @@ mod tests {
         let record = db.reader().blob_any(&digest).unwrap().unwrap();
         assert!(record.nodes.is_empty());
         assert_eq!(record.ipfs.unwrap().state, PinState::Unpinning);
+        // Nothing links it: a mount is refused although its entry waits for the unpin.
+        let mount = db.apply(Command::LinkBlob {
+            repo: repo("b"),
+            digest: digest.clone(),
+            now_ms: 20,
+        });
+        assert_eq!(mount, CommandResult::Rejected(Reject::BlobUnknown));
         // Dropping it again changes nothing until the backend confirms.
         let t = db.collect(
             "r",
