@@ -818,3 +818,77 @@ fn scheduled_collections_reclaim_on_the_leader_without_an_operator() {
     );
     assert!(last.tally.repositories.is_empty(), "the status keeps totals only");
 }
+
+#[test]
+fn retention_keeps_the_newest_tags_of_the_repositories_it_names() {
+    let _serial = serial();
+    let env = [
+        ENV[0],
+        (
+            "REGISTRY_STORAGE_MAINTENANCE_GC_RETENTION_POLICIES",
+            r#"[{repositories: ["ci/**"], keep-newest: 2, keep-tags: ["release-.*"]}]"#,
+        ),
+    ];
+    let cluster = Cluster::start(1, &env);
+    let apis = apis(&cluster);
+    let url = cluster.nodes[0].cluster_url();
+    let image = |seed: u64| pushes::image_of(seed, &[blob(noise(seed + 1, 20_000))]);
+    // Pushed in order, so that build-3 and build-4 are the newest; release-1 is the oldest.
+    let mut ci = Vec::new();
+    for (i, tag) in ["release-1", "build-1", "build-2", "build-3", "build-4"]
+        .iter()
+        .enumerate()
+    {
+        ci.push(gc::must_push(
+            &apis,
+            "ci/app",
+            tag,
+            &image(9000 + i as u64 * 10),
+            MANIFEST,
+        ));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prod: Vec<Pushed> = (0..3)
+        .map(|i| {
+            gc::must_push(
+                &apis,
+                "prod/app",
+                &format!("v{i}"),
+                &image(9500 + i * 10),
+                MANIFEST,
+            )
+        })
+        .collect();
+    let listed = || apis[0].listed_tags().unwrap_or_else(|e| panic!("{e}"));
+    let before = listed();
+
+    // A dry run reports the two old builds and changes nothing.
+    let mut dry = GcArgs::grace(0).delete_untagged();
+    dry.dry_run = true;
+    let report = gc::must_gc(&url, &dry);
+    let counts = &report.tally.repositories["ci/app"];
+    assert_eq!(
+        (counts.tags, counts.manifests, counts.blobs),
+        (2, 2, 4),
+        "{}",
+        gc::describe(&report)
+    );
+    assert!(!report.tally.repositories.contains_key("prod/app"));
+    assert_eq!(listed(), before);
+
+    let report = gc::must_gc(&url, &GcArgs::grace(0).delete_untagged());
+    eprintln!("{}", gc::describe(&report));
+    assert_eq!((report.totals.tags, report.totals.manifests), (2, 2));
+    let expected: BTreeSet<(String, String)> = before
+        .into_iter()
+        .filter(|(repo, tag)| !(repo == "ci/app" && (tag == "build-1" || tag == "build-2")))
+        .collect();
+    assert_eq!(listed(), expected);
+    must_not_serve(&apis[0], &[&ci[1], &ci[2]], &[]);
+    let live: Vec<&Pushed> = [&ci[0], &ci[3], &ci[4]].into_iter().chain(&prod).collect();
+    for p in &live {
+        pushes::must_serve(apis[0].registry(), cluster.nodes[0].name(), p);
+    }
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    gc::wait_converged(&nodes, &gc::live_blobs(live), 1, CONVERGE_TIMEOUT);
+}
