@@ -81,7 +81,18 @@ impl Registry {
         }
     }
 
-    fn url(&self, path_or_url: &str) -> String {
+    /// Its base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Its HTTP client, for requests this client has no method for.
+    pub(crate) fn http(&self) -> &Client {
+        &self.http
+    }
+
+    /// `path_or_url` against the base URL (an absolute URL stays as it is).
+    pub(crate) fn url(&self, path_or_url: &str) -> String {
         if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
             path_or_url.to_string()
         } else {

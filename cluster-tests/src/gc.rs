@@ -18,7 +18,7 @@ use ipcr_proto::gc::GcReport;
 use reqwest::blocking::Client;
 use serde_json::json;
 
-use crate::client::{Registry, http_client, next_link};
+use crate::client::{Registry, next_link};
 use crate::cluster::status_within;
 use crate::node::{CLUSTER_SECRET, Node, node_binary};
 use crate::oci::{INDEX, MANIFEST};
@@ -253,8 +253,6 @@ pub fn live_blobs<'a>(images: impl IntoIterator<Item = &'a Pushed>) -> BTreeMap<
 /// and listings the collection tests need beyond it.
 #[derive(Clone)]
 pub struct Api {
-    base: String,
-    http: Client,
     registry: Registry,
 }
 
@@ -262,15 +260,17 @@ impl Api {
     /// A client of `base` (`http://127.0.0.1:<port>`), with bounded timeouts.
     pub fn new(base: &str) -> Api {
         Api {
-            base: base.trim_end_matches('/').to_string(),
-            http: http_client(),
             registry: Registry::new(base),
         }
     }
 
     /// Its base URL.
     pub fn base(&self) -> &str {
-        &self.base
+        self.registry.base()
+    }
+
+    fn http(&self) -> &Client {
+        self.registry.http()
     }
 
     /// The same port as a [`Registry`] (chunked uploads, manifest pushes, pulls).
@@ -284,8 +284,11 @@ impl Api {
         let digest = sha256_digest(bytes);
         let what = format!("monolithic push of {repo}@{digest}");
         let r = self
-            .http
-            .post(format!("{}/v2/{repo}/blobs/uploads/?digest={digest}", self.base))
+            .http()
+            .post(
+                self.registry
+                    .url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")),
+            )
             .header("Content-Type", "application/octet-stream")
             .body(bytes.to_vec())
             .send()
@@ -302,8 +305,8 @@ impl Api {
 
     /// `DELETE /v2/<repo>/manifests/<reference>`: the status (`202` when deleted).
     pub fn delete_manifest(&self, repo: &str, reference: &str) -> Result<u16, String> {
-        self.http
-            .delete(format!("{}/v2/{repo}/manifests/{reference}", self.base))
+        self.http()
+            .delete(self.registry.url(&format!("/v2/{repo}/manifests/{reference}")))
             .send()
             .map(|r| r.status().as_u16())
             .map_err(|e| format!("DELETE {repo}:{reference}: {e}"))
@@ -312,8 +315,8 @@ impl Api {
     /// The status of `GET <path>` (a manifest or a blob), the body read and dropped.
     pub fn get_status(&self, path: &str) -> Result<u16, String> {
         let r = self
-            .http
-            .get(format!("{}{path}", self.base))
+            .http()
+            .get(self.registry.url(path))
             .header("Accept", format!("{MANIFEST},{INDEX}"))
             .send()
             .map_err(|e| format!("GET {path}: {e}"))?;
@@ -341,8 +344,8 @@ impl Api {
         let (mut next, mut items) = (Some(first.to_string()), Vec::new());
         while let Some(path) = next.take() {
             let r = self
-                .http
-                .get(format!("{}{path}", self.base))
+                .http()
+                .get(self.registry.url(&path))
                 .send()
                 .map_err(|e| format!("GET {path}: {e}"))?;
             if r.status().as_u16() == 404 {
