@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use reqwest::blocking::Response;
 use std::io::{BufRead, IsTerminal};
 
 use ipcr_node::config::{Config, GoDuration};
@@ -151,18 +152,22 @@ struct Admin {
 }
 
 impl Admin {
-    fn status(&self, node: &str) -> anyhow::Result<ClusterStatus> {
-        let url = format!("{}/cluster/status", node.trim_end_matches('/'));
-        let resp = self
-            .http
-            .get(&url)
+    /// Send `req` (to `url`) with the cluster secret; an answer other than 2xx is an error
+    /// naming the URL, the status and the body.
+    fn send(&self, url: &str, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<Response> {
+        let resp = req
             .bearer_auth(&self.secret)
             .send()
-            .with_context(|| url.clone())?;
+            .with_context(|| url.to_string())?;
         if !resp.status().is_success() {
             bail!("{url}: {} {}", resp.status(), resp.text().unwrap_or_default());
         }
-        Ok(resp.json()?)
+        Ok(resp)
+    }
+
+    fn status(&self, node: &str) -> anyhow::Result<ClusterStatus> {
+        let url = format!("{}/cluster/status", node.trim_end_matches('/'));
+        Ok(self.send(&url, self.http.get(&url))?.json()?)
     }
 
     /// Run a collection on `node`, showing progress on `progress`.
@@ -173,16 +178,7 @@ impl Admin {
         mut progress: impl FnMut(&str, u64, u64),
     ) -> anyhow::Result<GcReport> {
         let url = format!("{}/cluster/gc", node.trim_end_matches('/'));
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .json(req)
-            .send()
-            .with_context(|| url.clone())?;
-        if !resp.status().is_success() {
-            bail!("{url}: {} {}", resp.status(), resp.text().unwrap_or_default());
-        }
+        let resp = self.send(&url, self.http.post(&url).json(req))?;
         for line in std::io::BufReader::new(resp).lines() {
             let line = line.with_context(|| format!("{url}: the answer broke off"))?;
             match serde_json::from_str::<GcEvent>(&line).with_context(|| format!("{url}: {line}"))? {
@@ -196,16 +192,7 @@ impl Admin {
 
     fn post<T: serde::Serialize>(&self, node: &str, path: &str, body: &T) -> anyhow::Result<()> {
         let url = format!("{}{path}", node.trim_end_matches('/'));
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.secret)
-            .json(body)
-            .send()
-            .with_context(|| url.clone())?;
-        if !resp.status().is_success() {
-            bail!("{url}: {} {}", resp.status(), resp.text().unwrap_or_default());
-        }
+        self.send(&url, self.http.post(&url).json(body))?;
         Ok(())
     }
 }
