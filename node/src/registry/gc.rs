@@ -14,6 +14,7 @@
 //! state, every batch renews it, `GcEnd` releases it. A collection whose node died is
 //! finished by the leader once the lease has expired (every step can be planned again).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -118,8 +119,9 @@ fn plan(view: &View, options: &GcOptions, now_ms: u64) -> Result<Plan, GcError> 
         blobs: Vec::new(),
         tally: GcTally::default(),
     };
-    // Links each blob loses, to tell which blobs leave the index with their last link.
-    let mut unlinked: HashMap<Digest, u64> = HashMap::new();
+    // Links each blob loses, to tell which blobs leave the index with their last link, and
+    // its size and copies (read once, however many repositories unlink it).
+    let mut unlinked: HashMap<Digest, (u64, Option<(u64, usize)>)> = HashMap::new();
     for repo in view.repos()? {
         let tags = view.tags(&repo)?;
         let times: Vec<(&str, u64)> = tags.iter().map(|(t, _, ms)| (t.as_str(), *ms)).collect();
@@ -190,11 +192,14 @@ fn plan(view: &View, options: &GcOptions, now_ms: u64) -> Result<Plan, GcError> 
             if referenced.contains(&blob) || young(linked_ms) {
                 continue;
             }
-            let size = view.blob(&blob)?.map_or(0, |b| b.size);
+            let (lost, record) = match unlinked.entry(blob.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert((0, view.blob(&blob)?.map(|b| (b.size, b.nodes.len())))),
+            };
+            *lost += 1;
             let counts = plan.tally.repo(&repo);
             counts.blobs += 1;
-            counts.bytes += size;
-            *unlinked.entry(blob.clone()).or_default() += 1;
+            counts.bytes += record.map_or(0, |(size, _)| size);
             plan.blobs.push(GcStep::Unlink {
                 repo: repo.clone(),
                 digest: blob,
@@ -206,11 +211,11 @@ fn plan(view: &View, options: &GcOptions, now_ms: u64) -> Result<Plan, GcError> 
         plan.tally.bytes_removed += size;
         plan.tally.disk_bytes_removed += size * copies as u64;
     };
-    for (blob, n) in &unlinked {
-        if view.link_count(blob)? <= *n
-            && let Some(b) = view.blob(blob)?
+    for (blob, (lost, record)) in &unlinked {
+        if let Some((size, copies)) = record
+            && view.link_count(blob)? <= *lost
         {
-            removed(b.size, b.nodes.len());
+            removed(*size, *copies);
         }
     }
     for (digest, record) in view.unlinked_blobs()? {
