@@ -656,6 +656,21 @@ fn a_blob_no_repository_links_is_unpinned_and_pinned_again_when_pushed_again() {
     assert_eq!(pins(), 1);
 }
 
+/// How many pins the emulator holds under the name `digest`.
+fn pins(emu: &Emulator, digest: &str) -> u64 {
+    estuary_get(emu, &format!("/pinning/pins?name={digest}"))["count"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `DELETE` of `image`'s manifest by digest must answer `202`.
+fn must_delete_manifest(base: &str, image: &Pushed) {
+    let status = cluster_tests::gc::Api::new(base)
+        .delete_manifest(&image.repo, &image.digest)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 202, "DELETE of {}@{}", image.repo, image.digest);
+}
+
 #[test]
 fn collected_blobs_are_unpinned_and_kept_ones_stay_pinned() {
     use cluster_tests::gc::{self, GcArgs};
@@ -669,19 +684,11 @@ fn collected_blobs_are_unpinned_and_kept_ones_stay_pinned() {
     let doomed = push(&reg, "gc/doomed", 601);
     let all = kept.blobs.len() + doomed.blobs.len();
     wait_pinned(&cluster, all as u64, Duration::from_secs(60));
-    let pins = |digest: &str| {
-        estuary_get(&emu, &format!("/pinning/pins?name={digest}"))["count"]
-            .as_u64()
-            .unwrap()
-    };
+    let pins = |digest: &str| pins(&emu, digest);
     for (d, _) in kept.blobs.iter().chain(&doomed.blobs) {
         assert_eq!(pins(d), 1, "{d} pinned once");
     }
-    let resp = Client::new()
-        .delete(format!("{base}/v2/gc/doomed/manifests/{}", doomed.digest))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202, "DELETE of the doomed manifest");
+    must_delete_manifest(&base, &doomed);
     let report = gc::must_gc(&cluster.nodes[0].cluster_url(), &GcArgs::grace(0));
     eprintln!("{}", gc::describe(&report));
     assert_eq!(
@@ -745,11 +752,7 @@ fn the_cache_evicts_while_collections_remove_what_no_tag_reaches() {
         assert!(Instant::now() < deadline, "nothing evicted over the cache limit");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let resp = Client::new()
-        .delete(format!("{base}/v2/gc/doomed/manifests/{}", doomed.digest))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 202);
+    must_delete_manifest(&base, &doomed);
     let report = gc::must_gc(&cluster_url, &GcArgs::grace(0));
     eprintln!("{}", gc::describe(&report));
     assert_eq!(
@@ -759,11 +762,7 @@ fn the_cache_evicts_while_collections_remove_what_no_tag_reaches() {
     );
     // Collected blobs leave the disk (those not evicted) and the backend; kept ones stay
     // pullable, from the disk or the backend, and the cache goes on evicting them.
-    let pins = |digest: &str| {
-        estuary_get(&emu, &format!("/pinning/pins?name={digest}"))["count"]
-            .as_u64()
-            .unwrap()
-    };
+    let pins = |digest: &str| pins(&emu, digest);
     let deadline = Instant::now() + Duration::from_secs(60);
     while local(&doomed.blobs) > 0 || doomed.blobs.iter().any(|(d, _)| pins(d) != 0) {
         assert!(
