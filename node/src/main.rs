@@ -1,5 +1,6 @@
 //! `ipcr-node`: the one binary of IPCR. `serve` runs a node; `join`, `leave`, `status` and
-//! `gc` are the operator's tools, talking to nodes' cluster ports.
+//! `gc` are the operator's tools, talking to nodes' cluster ports; `migrate` copies images
+//! from another registry (ipcr-client does the work).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +75,9 @@ enum Command {
         #[command(flatten)]
         access: Access,
     },
+    /// Copy every tag of a repository (or of a whole registry, --catalog) from another
+    /// registry, digests unchanged: `ipcr-node migrate alpine 127.0.0.1:5005`.
+    Migrate(ipcr_client::migrate::MigrateArgs),
     /// Show a node's view of the cluster: members, roles, leader, term, log and applied index.
     Status {
         /// Cluster URL of the node to ask.
@@ -251,6 +255,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Migrate(args) => migrate(args),
         Command::Status { node, json, access } => {
             let status = access.client()?.status(&node)?;
             if json {
@@ -261,6 +266,30 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Run `ipcr-node migrate`; exits 1 when a tag failed, 130 on Ctrl-C (a second run goes on
+/// from where this one stopped).
+fn migrate(args: ipcr_client::migrate::MigrateArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("IPCR_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().context("starting a runtime")?;
+    let summary = rt.block_on(async {
+        tokio::select! {
+            s = ipcr_client::migrate::run(args) => s.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    let Some(summary) = summary else {
+        eprintln!(
+            "interrupted: tags are written only after all they reference; run the same command again to go on"
+        );
+        std::process::exit(130);
+    };
+    print!("{summary}");
+    std::process::exit(summary.exit_code());
 }
 
 fn opt(v: Option<u64>) -> String {
