@@ -27,6 +27,8 @@
 //! - [`jwt`]: tokens forged, tampered and signed by the tests themselves.
 //! - [`credentials`]: htpasswd users, `docker login` in a config of its own, the test CA in
 //!   the Docker Engine's `certs.d`, and tokens from IPCR's token endpoint.
+//! - [`upstream`] and [`seed`]: distribution 2.8.2 as a source registry (open, htpasswd, or
+//!   behind a token server of the test's), and content pushed into it by skopeo, recorded exactly.
 //! - [`gc`]: `ipcr-node gc` runs and their reports, images whose layers overlap, and the check
 //!   that the nodes' disks hold exactly the live blobs.
 //!
@@ -51,8 +53,10 @@ pub mod pki;
 pub mod process;
 pub mod pushes;
 pub mod secure;
+pub mod seed;
 pub mod tls;
 pub mod tools;
+pub mod upstream;
 
 pub use cluster::{Balancer, Cluster};
 pub use node::Node;
