@@ -217,6 +217,35 @@ impl Registry {
         })
     }
 
+    /// A registry at `url` (`https://host[:port]`), not contacted until the first request:
+    /// how it authenticates is learnt from its first challenge. For a long-lived client (the
+    /// pull-through cache) whose upstream may be down when it starts. Plain `http://` is
+    /// allowed for loopback hosts, or when `access.tls_verify` is off.
+    pub fn lazy(url: &str, access: Access) -> Result<Registry, Error> {
+        let addr = RegistryAddr::parse(url).map_err(|e| Error::Setup(format!("{url}: {e}")))?;
+        let scheme = match addr.scheme {
+            Some(Scheme::Https) => "https",
+            Some(Scheme::Http) if addr.is_loopback() || !access.tls_verify => "http",
+            Some(Scheme::Http) => {
+                return Err(Error::Setup(format!(
+                    "{url}: plain HTTP is only used for loopback registries or without TLS verification"
+                )));
+            }
+            None => return Err(Error::Setup(format!("{url}: give the scheme, https://"))),
+        };
+        let base = Url::parse(&format!("{scheme}://{}/", addr.host))
+            .map_err(|e| Error::Setup(format!("{url}: {e}")))?;
+        Ok(Registry {
+            http: http_client(&access)?,
+            addr,
+            base,
+            creds: access.creds,
+            retry: access.retry,
+            auth: Default::default(),
+            token_fetch: Default::default(),
+        })
+    }
+
     /// `GET /v2/`: the registry is there; remember how it wants to be authenticated.
     async fn ping(&self) -> Result<(), Error> {
         let resp = self.send_raw(|c| c.get(self.url("v2/"))).await?;

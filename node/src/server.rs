@@ -199,11 +199,15 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     if auth.is_none() {
         tracing::warn!("no auth configured: anyone who reaches the registry port may push and delete");
     }
+    let proxy = crate::proxy::Proxy::from_config(&config.proxy)
+        .map_err(io::Error::other)?
+        .map(std::sync::Arc::new);
     let state = web::Data::new(ApiState {
         registry: parts.registry.clone(),
         health: parts.health.clone(),
         body_timeout: config.http.bodytimeout.0,
         auth,
+        proxy,
     });
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;

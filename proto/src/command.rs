@@ -285,6 +285,42 @@ pub enum Command {
         /// What it did.
         report: GcReport,
     },
+    /// A manifest the pull-through cache fetched from its upstream: stored like
+    /// [`Command::PutManifest`], but its blobs and child manifests need not be here yet
+    /// (they are fetched when pulled).
+    CacheManifest {
+        /// The proxied repository.
+        repo: RepoName,
+        /// Digest of `record.bytes`.
+        digest: Digest,
+        /// The tags the upstream gives it (none when fetched by digest).
+        tags: Vec<Tag>,
+        /// The manifest, bytes as the upstream served them.
+        record: ManifestRecord,
+        /// Proposer's clock, ms since the epoch.
+        now_ms: u64,
+    },
+    /// Claim the fetch of a blob from a cache's upstream, so that one node of the cluster
+    /// fetches it while the others wait for its commit. Refused with
+    /// [`Reject::FetchClaimed`] while another node's claim runs; a `CommitBlob` of the digest
+    /// ends the claim.
+    ClaimFetch {
+        /// The blob.
+        digest: Digest,
+        /// The node fetching it.
+        node: NodeId,
+        /// Proposer's clock, ms since the epoch.
+        now_ms: u64,
+        /// The claim runs until `now_ms + lease_ms` (renewed by claiming again).
+        lease_ms: u64,
+    },
+    /// Give a claim up (the fetch failed), so another node may try at once.
+    ReleaseFetch {
+        /// The blob.
+        digest: Digest,
+        /// The node that claimed it; another node's claim is left alone.
+        node: NodeId,
+    },
 }
 
 impl fmt::Display for Command {
@@ -318,6 +354,9 @@ impl fmt::Display for Command {
             Command::GcBegin { run } => write!(f, "GcBegin({})", run.run),
             Command::Collect { run, steps, .. } => write!(f, "Collect({run}, {} steps)", steps.len()),
             Command::GcEnd { report } => write!(f, "GcEnd({})", report.run),
+            Command::CacheManifest { repo, digest, .. } => write!(f, "CacheManifest({repo}@{digest})"),
+            Command::ClaimFetch { digest, node, .. } => write!(f, "ClaimFetch({digest}, {node})"),
+            Command::ReleaseFetch { digest, node } => write!(f, "ReleaseFetch({digest}, {node})"),
         }
     }
 }
@@ -346,6 +385,14 @@ pub enum Reject {
     /// Another garbage collection is running (or this one's lease was taken over).
     #[error("garbage collection {0} is running")]
     GcRunning(String),
+    /// Another node is fetching this blob from the cache's upstream.
+    #[error("node {node} is fetching it until {until_ms}")]
+    FetchClaimed {
+        /// The node fetching it.
+        node: NodeId,
+        /// Its claim's end (proposer's clock, ms).
+        until_ms: u64,
+    },
 }
 
 /// The state machine's answer to a command.

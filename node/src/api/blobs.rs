@@ -1,11 +1,14 @@
-//! Blob handlers: `GET`/`HEAD` (with `Range`) and `DELETE /v2/<name>/blobs/<digest>`.
+//! Blob handlers: `GET`/`HEAD` (with `Range`; through the cache for a proxied repository)
+//! and `DELETE /v2/<name>/blobs/<digest>`.
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures::StreamExt as _;
 use ipcr_proto::{Digest, ErrorCode, RepoName};
 
 use super::body::HeadBody;
 use super::error::ApiError;
+use crate::proxy::{Fetched, Proxy};
 use crate::registry::{Registry, Served};
 
 /// What a `Range` header asks of a blob of a given size.
@@ -60,8 +63,32 @@ pub async fn get_blob(
     repo: RepoName,
     digest: Digest,
     head: bool,
+    proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, ApiError> {
-    let record = reg.blob(&repo, &digest).await?;
+    let record = match reg.blob(&repo, &digest).await {
+        Ok(r) => r,
+        Err(e) if crate::proxy::missing(&e) => {
+            let Some((p, route)) = proxy.and_then(|p| p.route(&repo).map(|r| (p, r))) else {
+                return Err(e.into());
+            };
+            match p.blob(reg, &route, &repo, &digest, head).await? {
+                Fetched::Linked => reg.blob(&repo, &digest).await?,
+                Fetched::Size(size) => return Ok(blob_response(StatusCode::OK, &digest).body(HeadBody(size))),
+                Fetched::Streaming { size, mut body } => {
+                    // A range asked of a blob being fetched is answered whole (RFC 9110 lets
+                    // a server ignore Range); the client gets the bytes as they arrive.
+                    let mut resp = blob_response(StatusCode::OK, &digest);
+                    if let Some(n) = size {
+                        resp.no_chunking(n);
+                    }
+                    let stream = futures::stream::poll_fn(move |cx| body.poll_recv(cx))
+                        .map(|chunk| chunk.map_err(std::io::Error::other));
+                    return Ok(resp.streaming(stream));
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
     let size = record.size;
     let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match range_ask(range, size) {
@@ -75,12 +102,7 @@ pub async fn get_blob(
             );
         }
     };
-    let mut resp = HttpResponse::build(status);
-    resp.insert_header((header::CONTENT_TYPE, "application/octet-stream"))
-        .insert_header(("Docker-Content-Digest", digest.to_string()))
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::ETAG, format!("\"{digest}\"")))
-        .insert_header((header::CACHE_CONTROL, "max-age=31536000"));
+    let mut resp = blob_response(status, &digest);
     if status == StatusCode::PARTIAL_CONTENT {
         resp.insert_header((
             header::CONTENT_RANGE,
@@ -100,6 +122,17 @@ pub async fn get_blob(
             .insert_header(("Docker-Content-Digest", digest.to_string()))
             .finish()),
     }
+}
+
+/// A blob answer's headers: content-addressed, so cacheable for ever.
+fn blob_response(status: StatusCode, digest: &Digest) -> HttpResponseBuilder {
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header(("Docker-Content-Digest", digest.to_string()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, format!("\"{digest}\"")))
+        .insert_header((header::CACHE_CONTROL, "max-age=31536000"));
+    resp
 }
 
 /// `DELETE /v2/<name>/blobs/<digest>`.

@@ -231,6 +231,7 @@ impl From<RegistryError> for ApiError {
                 .with_status(StatusCode::METHOD_NOT_ALLOWED),
             RegistryError::Upload(u) => u.into(),
             RegistryError::Raft(r) => r.into(),
+            RegistryError::Upstream(why) => ApiError::unavailable(why),
             other @ (RegistryError::State(_) | RegistryError::Io(_) | RegistryError::Internal(_)) => {
                 ApiError::internal(&other)
             }

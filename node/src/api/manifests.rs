@@ -7,6 +7,7 @@ use ipcr_proto::{ErrorCode, Reference, RepoName, Tag, media};
 
 use super::body;
 use super::error::ApiError;
+use crate::proxy::Proxy;
 use crate::registry::{Registry, RegistryError};
 
 /// Whether the client's `Accept` headers admit `media_type`. No `Accept`, or a wildcard,
@@ -30,15 +31,19 @@ pub fn accepts(req: &HttpRequest, media_type: &str) -> bool {
     !any || media_type == media::DOCKER_MANIFEST
 }
 
-/// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`; through the cache for a proxied repository.
 pub async fn get_manifest(
     req: &HttpRequest,
     reg: &Registry,
     repo: RepoName,
     reference: Reference,
     head: bool,
+    proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, ApiError> {
-    let m = reg.manifest(&repo, &reference).await?;
+    let m = match proxy.and_then(|p| p.route(&repo).map(|r| (p, r))) {
+        Some((p, route)) => p.manifest(reg, &route, &repo, &reference).await?,
+        None => reg.manifest(&repo, &reference).await?,
+    };
     if !accepts(req, &m.record.media_type) {
         return Err(ApiError::new(
             ErrorCode::ManifestUnknown,

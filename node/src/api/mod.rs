@@ -41,6 +41,8 @@ pub struct ApiState {
     pub body_timeout: std::time::Duration,
     /// Access control (`auth:`); `None`: open to everyone.
     pub auth: Option<std::sync::Arc<ipcr_auth::Auth>>,
+    /// Pull-through caches (`proxy:`); `None`: no repository is one.
+    pub proxy: Option<std::sync::Arc<crate::proxy::Proxy>>,
 }
 
 /// Response settings from the configuration.
@@ -156,6 +158,33 @@ pub async fn request_span(
     Ok(res)
 }
 
+/// A proxied repository is a cache: it takes no pushes or deletes (`405 UNSUPPORTED`, as
+/// distribution answers in proxy mode).
+fn refuse_writes_to_caches(endpoint: &Endpoint, proxy: Option<&crate::proxy::Proxy>) -> Result<(), ApiError> {
+    let Some(proxy) = proxy else { return Ok(()) };
+    let repo = match endpoint {
+        Endpoint::PutManifest { repo, .. }
+        | Endpoint::DeleteManifest { repo, .. }
+        | Endpoint::DeleteBlob { repo, .. }
+        | Endpoint::StartUpload { repo, .. }
+        | Endpoint::PatchUpload { repo, .. }
+        | Endpoint::PutUpload { repo, .. }
+        | Endpoint::DeleteUpload { repo, .. } => repo,
+        _ => return Ok(()),
+    };
+    match proxy.route(repo) {
+        Some(route) => Err(ApiError::new(
+            ipcr_proto::ErrorCode::Unsupported,
+            format!(
+                "{repo} is a pull-through cache of {}: it takes no pushes",
+                route.upstream()
+            ),
+        )
+        .with_status(actix_web::http::StatusCode::METHOD_NOT_ALLOWED)),
+        None => Ok(()),
+    }
+}
+
 /// The single entry point of `/v2`.
 pub async fn dispatch(
     req: HttpRequest,
@@ -169,6 +198,8 @@ pub async fn dispatch(
     };
     let payload = body::RequestBody::new(payload, state.body_timeout);
     let reg = &state.registry;
+    let proxy = state.proxy.as_deref();
+    refuse_writes_to_caches(&endpoint, proxy)?;
     match endpoint {
         Endpoint::Base => Ok(HttpResponse::Ok().content_type("application/json").body("{}")),
         Endpoint::Catalog { n, last } => {
@@ -185,7 +216,7 @@ pub async fn dispatch(
             repo,
             reference,
             head,
-        } => manifests::get_manifest(&req, reg, repo, reference, head).await,
+        } => manifests::get_manifest(&req, reg, repo, reference, head, proxy).await,
         Endpoint::PutManifest {
             repo,
             reference,
@@ -194,7 +225,9 @@ pub async fn dispatch(
         Endpoint::DeleteManifest { repo, reference } => {
             manifests::delete_manifest(reg, repo, reference).await
         }
-        Endpoint::GetBlob { repo, digest, head } => blobs::get_blob(&req, reg, repo, digest, head).await,
+        Endpoint::GetBlob { repo, digest, head } => {
+            blobs::get_blob(&req, reg, repo, digest, head, proxy).await
+        }
         Endpoint::DeleteBlob { repo, digest } => blobs::delete_blob(reg, repo, digest).await,
         Endpoint::StartUpload {
             repo,

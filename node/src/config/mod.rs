@@ -13,9 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 mod env;
+mod proxy;
 mod sections;
 
 use env::{apply_env, merge};
+pub use proxy::{ProxyConfig, UpstreamConfig};
 pub use sections::*;
 
 /// Why a configuration could not be loaded.
@@ -157,6 +159,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Authentication and per-repository policies (off by default).
     pub auth: ipcr_auth::AuthConfig,
+    /// Pull-through caches of other registries (off by default).
+    pub proxy: ProxyConfig,
 }
 
 impl Default for Config {
@@ -169,6 +173,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             cluster: ClusterConfig::default(),
             auth: ipcr_auth::AuthConfig::default(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -277,6 +282,7 @@ impl Config {
             ));
         }
         self.storage.maintenance.gc.validate()?;
+        self.proxy.validate()?;
         if self.health.storagedriver.threshold == 0 {
             return Err(ConfigError::Invalid(
                 "health.storagedriver.threshold must be at least 1".into(),

@@ -16,9 +16,9 @@ use ipcr_proto::{
 use redb::{ReadableTable, WriteTransaction};
 
 use super::state::{
-    BLOB_LEAVES, BLOB_LINKS, BLOB_REFS, BLOBS, DROPPED, FINISHED, GC, GC_LAST, GC_RUNNING, MANIFEST_REPOS,
-    MANIFESTS, PARENTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGGED, TAGS, Table, UNPINNED, UPLOADS,
-    key, ms_of, prefix_range,
+    BLOB_LEAVES, BLOB_LINKS, BLOB_REFS, BLOBS, DROPPED, FETCHES, FINISHED, GC, GC_LAST, GC_RUNNING,
+    MANIFEST_REPOS, MANIFESTS, PARENTS, REFERRERS, REPO_BLOBS, REPO_MANIFESTS, REPOS, TAGGED, TAGS, Table,
+    UNPINNED, UPLOADS, key, ms_of, prefix_range,
 };
 use super::{decode, encode};
 
@@ -164,6 +164,8 @@ impl Tx<'_> {
         now_ms: u64,
     ) -> io::Result<()> {
         let d = digest.to_string();
+        // The blob is here: whoever was fetching it from a cache's upstream is done.
+        self.del(FETCHES, &d)?;
         let mut record = self.record::<BlobRecord>(BLOBS, &d)?.unwrap_or(BlobRecord {
             size,
             nodes: Vec::new(),
@@ -415,6 +417,40 @@ pub(crate) fn apply(tx: &WriteTransaction, cmd: &Command) -> io::Result<CommandR
                 }
             }
             t.put_manifest(repo, digest, tags, record, *now_ms)?;
+        }
+        // What a cache fetched is what its upstream holds: its references arrive when pulled.
+        Command::CacheManifest {
+            repo,
+            digest,
+            tags,
+            record,
+            now_ms,
+        } => t.put_manifest(repo, digest, tags, record, *now_ms)?,
+        Command::ClaimFetch {
+            digest,
+            node,
+            now_ms,
+            lease_ms,
+        } => {
+            let d = digest.to_string();
+            if let Some((holder, until_ms)) = t.record::<(u64, u64)>(FETCHES, &d)?
+                && holder != *node
+                && until_ms > *now_ms
+            {
+                return rejected(Reject::FetchClaimed {
+                    node: holder,
+                    until_ms,
+                });
+            }
+            t.put_record(FETCHES, &d, &(*node, now_ms.saturating_add(*lease_ms)))?;
+        }
+        Command::ReleaseFetch { digest, node } => {
+            let d = digest.to_string();
+            if t.record::<(u64, u64)>(FETCHES, &d)?
+                .is_some_and(|(holder, _)| holder == *node)
+            {
+                t.del(FETCHES, &d)?;
+            }
         }
         Command::Untag { repo, tag } => {
             if !t.untag(repo, tag.as_str())? {

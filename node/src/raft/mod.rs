@@ -6,6 +6,8 @@
 //! a read barrier. Nothing here knows HTTP.
 
 mod apply;
+#[cfg(test)]
+mod fetch_tests;
 pub mod log_store;
 pub mod membership;
 pub mod network;

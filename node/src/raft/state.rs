@@ -69,12 +69,15 @@ pub(crate) const MANIFEST_REPOS: Table = TableDefinition::new("manifest_repos");
 pub(crate) const DROPPED: Table = TableDefinition::new("dropped_blobs");
 /// Garbage collection: `running` → `GcRun`, `last` → `GcReport`.
 pub(crate) const GC: Table = TableDefinition::new("gc");
+/// Blobs a node is fetching from a pull-through cache's upstream: `digest` → (node, until
+/// ms). Ended by the blob's commit, a release, or the claim running out.
+pub(crate) const FETCHES: Table = TableDefinition::new("cache_fetches");
 
 pub(crate) const GC_RUNNING: &str = "running";
 pub(crate) const GC_LAST: &str = "last";
 
 /// Every data table (all but `META`), in snapshot order.
-pub(crate) const DATA_TABLES: [Table; 18] = [
+pub(crate) const DATA_TABLES: [Table; 19] = [
     REPOS,
     TAGS,
     MANIFESTS,
@@ -93,6 +96,7 @@ pub(crate) const DATA_TABLES: [Table; 18] = [
     MANIFEST_REPOS,
     DROPPED,
     GC,
+    FETCHES,
 ];
 
 pub(crate) const KEY_APPLIED: &str = "last_applied";
@@ -184,6 +188,11 @@ impl StateReader {
             return Ok(None);
         }
         Self::record(Self::get(&tx, MANIFESTS, &d)?)
+    }
+
+    /// A manifest's record, whatever repository holds it.
+    pub fn manifest_any(&self, digest: &Digest) -> Result<Option<ManifestRecord>, StateError> {
+        Self::record(Self::get(&self.tx()?, MANIFESTS, &digest.to_string())?)
     }
 
     /// The length of a manifest held by the repository, read without copying its bytes (a
@@ -455,6 +464,11 @@ impl StateReader {
             last: Self::record::<GcReport>(Self::get(&tx, GC, GC_LAST)?)?,
             running: Self::record::<GcRun>(Self::get(&tx, GC, GC_RUNNING)?)?,
         })
+    }
+
+    /// The node fetching `digest` from a cache's upstream and until when (ms), if any.
+    pub fn fetch_claim(&self, digest: &Digest) -> Result<Option<(u64, u64)>, StateError> {
+        Self::record(Self::get(&self.tx()?, FETCHES, &digest.to_string())?)
     }
 
     /// When a collection removed a blob from the index, and with which grace period (ms).

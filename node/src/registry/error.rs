@@ -56,6 +56,9 @@ pub enum RegistryError {
     /// The blob store failed.
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
+    /// A pull-through cache's upstream could not answer, and nothing is cached.
+    #[error("upstream: {0}")]
+    Upstream(String),
     /// A broken invariant.
     #[error("internal error: {0}")]
     Internal(String),

@@ -66,6 +66,9 @@ impl TestNode {
             auth: ipcr_auth::Auth::load(&config.auth)
                 .expect("auth configuration loads")
                 .map(std::sync::Arc::new),
+            proxy: ipcr_node::proxy::Proxy::from_config(&config.proxy)
+                .expect("proxy configuration loads")
+                .map(std::sync::Arc::new),
         });
         TestNode {
             state,

@@ -1,0 +1,225 @@
+//! Blobs of proxied repositories. Bytes the cluster already holds are linked into the
+//! repository once the upstream confirms it holds them there (a digest alone never opens
+//! another repository's content). Otherwise one node of the cluster claims the fetch
+//! (`ClaimFetch` in Raft): it streams the upstream's bytes, verified against the digest, to
+//! its client and into the upload path at once (`put_whole`: stored, replicated, committed
+//! like a push); a pull of the same blob on any other node waits for that commit and is then
+//! served like any blob. A failed fetch releases its claim; a dead node's claim runs out.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use ipcr_client::verify::verified;
+use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName};
+use tokio::sync::mpsc;
+
+use super::{Proxy, Route};
+use crate::raft::now_ms;
+use crate::registry::{Registry, RegistryError};
+use crate::upload::writer::BodyChunk;
+
+/// How long a fetch claim runs unless renewed.
+const LEASE: Duration = Duration::from_secs(30);
+/// How often a running fetch renews its claim.
+const RENEW: Duration = Duration::from_secs(10);
+/// How often a pull waiting for another node's fetch looks again.
+const POLL: Duration = Duration::from_millis(200);
+/// How long a pull waits for other nodes' fetches of its blob before giving up.
+const WAIT_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// Chunks in flight to the store and to the client.
+const CHANNEL: usize = 16;
+
+/// What a proxied blob read found.
+pub enum Fetched {
+    /// The blob is linked in the repository now: serve it as any other.
+    Linked,
+    /// Its size upstream (a `HEAD`: nothing fetched).
+    Size(u64),
+    /// This node is fetching it: the bytes as they arrive, verified (an error ends the
+    /// stream before its last bytes when they do not match the digest).
+    Streaming {
+        /// The upstream's `Content-Length`, when it sent one.
+        size: Option<u64>,
+        /// The bytes.
+        body: mpsc::Receiver<Result<Bytes, String>>,
+    },
+}
+
+fn upstream_error(route: &Route, e: ipcr_client::Error) -> RegistryError {
+    match e.status() {
+        Some(404) => RegistryError::BlobUnknown,
+        _ => RegistryError::Upstream(format!("{}: {e}", route.upstream())),
+    }
+}
+
+impl Proxy {
+    /// Blob `digest` of the proxied `repo`, which the registry does not link there.
+    pub async fn blob(
+        &self,
+        reg: &Registry,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        head: bool,
+    ) -> Result<Fetched, RegistryError> {
+        if head {
+            let size = self.upstream_size(route, digest).await?;
+            return Ok(Fetched::Size(size));
+        }
+        let me = reg.raft().id();
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            if reg.raft().reader().blob_any(digest)?.is_some() && self.link(reg, route, repo, digest).await? {
+                return Ok(Fetched::Linked);
+            }
+            let claimed = reg.raft().reader().fetch_claim(digest)?;
+            let free = claimed.is_none_or(|(node, until)| node == me || until <= now_ms());
+            if free {
+                let claim = Command::ClaimFetch {
+                    digest: digest.clone(),
+                    node: me,
+                    now_ms: now_ms(),
+                    lease_ms: LEASE.as_millis() as u64,
+                };
+                match reg.raft().propose(claim).await? {
+                    CommandResult::Ok => return self.fetch_blob(reg, route, repo, digest).await,
+                    CommandResult::Rejected(Reject::FetchClaimed { .. }) => {}
+                    other => return Err(RegistryError::Internal(format!("claiming a fetch: {other:?}"))),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(RegistryError::Upstream(format!(
+                    "{digest}: another node's fetch from {} did not finish in {WAIT_LIMIT:?}",
+                    route.upstream()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn upstream_size(&self, route: &Route, digest: &Digest) -> Result<u64, RegistryError> {
+        route
+            .upstream
+            .remote
+            .blob_size(&route.remote_repo, digest)
+            .await
+            .map_err(|e| upstream_error(route, e))?
+            .ok_or(RegistryError::BlobUnknown)
+    }
+
+    /// Link the cluster's copy of `digest` into `repo` once the upstream confirms the
+    /// repository holds it; `false` when the copy went meanwhile.
+    async fn link(
+        &self,
+        reg: &Registry,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        self.upstream_size(route, digest).await?;
+        let cmd = Command::LinkBlob {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            now_ms: now_ms(),
+        };
+        Ok(reg.raft().propose(cmd).await? == CommandResult::Ok)
+    }
+
+    /// Fetch `digest` under this node's claim: to the client and into the store at once.
+    async fn fetch_blob(
+        &self,
+        reg: &Registry,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Fetched, RegistryError> {
+        let resp = match route.upstream.remote.get_blob(&route.remote_repo, digest).await {
+            Ok(r) => r,
+            Err(e) => {
+                release(reg, digest).await;
+                return Err(upstream_error(route, e));
+            }
+        };
+        let size = resp.content_length();
+        let (client_tx, client_rx) = mpsc::channel(CHANNEL);
+        let (store_tx, store_rx) = mpsc::channel(CHANNEL);
+        let body = verified(resp.bytes_stream(), digest.clone(), size);
+        let (reg, repo, digest, upstream) = (reg.clone(), repo.clone(), digest.clone(), route.upstream());
+        // The fetch goes on when the client goes: the next pull finds the blob stored.
+        actix_web::rt::spawn(async move {
+            let store = reg
+                .uploads()
+                .put_whole(repo.clone(), digest.clone(), size, store_rx);
+            let work = async { futures::join!(store, pump(body, store_tx, client_tx)).0 };
+            let stored = tokio::select! {
+                stored = work => stored,
+                () = renew(&reg, &digest) => unreachable!("renewing never ends"),
+            };
+            match stored {
+                Ok(bytes) => tracing::info!(%repo, %digest, bytes, %upstream, "cached a blob"),
+                Err(e) => {
+                    tracing::warn!(%repo, %digest, %upstream, error = %e, "fetching a blob failed");
+                    release(&reg, &digest).await;
+                }
+            }
+        });
+        Ok(Fetched::Streaming {
+            size,
+            body: client_rx,
+        })
+    }
+}
+
+/// Copy `body` to the store and the client; a client that goes away stops getting it, the
+/// store keeps getting it. An error goes to both and ends the copy.
+async fn pump(
+    mut body: impl futures::Stream<Item = Result<Bytes, ipcr_client::verify::VerifyError>> + Unpin,
+    store: mpsc::Sender<BodyChunk>,
+    client: mpsc::Sender<Result<Bytes, String>>,
+) {
+    let (mut store, mut client) = (Some(store), Some(client));
+    while let Some(item) = body.next().await {
+        let item = item.map_err(|e| e.to_string());
+        let failed = item.is_err();
+        if let Some(s) = &store
+            && s.send(item.clone()).await.is_err()
+        {
+            store = None;
+        }
+        if let Some(c) = &client
+            && c.send(item).await.is_err()
+        {
+            client = None;
+        }
+        if failed || (store.is_none() && client.is_none()) {
+            return;
+        }
+    }
+}
+
+/// Keep this node's claim on `digest` alive while its fetch runs.
+async fn renew(reg: &Registry, digest: &Digest) {
+    loop {
+        tokio::time::sleep(RENEW).await;
+        let claim = Command::ClaimFetch {
+            digest: digest.clone(),
+            node: reg.raft().id(),
+            now_ms: now_ms(),
+            lease_ms: LEASE.as_millis() as u64,
+        };
+        if let Err(e) = reg.raft().propose(claim).await {
+            tracing::debug!(%digest, error = %e, "could not renew a fetch claim");
+        }
+    }
+}
+
+async fn release(reg: &Registry, digest: &Digest) {
+    let cmd = Command::ReleaseFetch {
+        digest: digest.clone(),
+        node: reg.raft().id(),
+    };
+    if let Err(e) = reg.raft().propose(cmd).await {
+        tracing::debug!(%digest, error = %e, "could not release a fetch claim");
+    }
+}
