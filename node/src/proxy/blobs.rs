@@ -6,6 +6,8 @@
 //! like a push); a pull of the same blob on any other node waits for that commit and is then
 //! served like any blob. A failed fetch releases its claim; a dead node's claim runs out.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -75,7 +77,7 @@ impl Proxy {
             }
             let claimed = reg.raft().reader().fetch_claim(digest)?;
             let free = claimed.is_none_or(|(node, until)| node == me || until <= now_ms());
-            if free {
+            if free && let Some(guard) = Fetching::start(&self.fetching, digest) {
                 let claim = Command::ClaimFetch {
                     digest: digest.clone(),
                     node: me,
@@ -83,7 +85,7 @@ impl Proxy {
                     lease_ms: LEASE.as_millis() as u64,
                 };
                 match reg.raft().propose(claim).await? {
-                    CommandResult::Ok => return self.fetch_blob(reg, route, repo, digest).await,
+                    CommandResult::Ok => return self.fetch_blob(reg, route, repo, digest, guard).await,
                     CommandResult::Rejected(Reject::FetchClaimed { .. }) => {}
                     other => return Err(RegistryError::Internal(format!("claiming a fetch: {other:?}"))),
                 }
@@ -133,6 +135,7 @@ impl Proxy {
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
+        guard: Fetching,
     ) -> Result<Fetched, RegistryError> {
         let resp = match route.upstream.remote.get_blob(&route.remote_repo, digest).await {
             Ok(r) => r,
@@ -148,6 +151,7 @@ impl Proxy {
         let (reg, repo, digest, upstream) = (reg.clone(), repo.clone(), digest.clone(), route.upstream());
         // The fetch goes on when the client goes: the next pull finds the blob stored.
         actix_web::rt::spawn(async move {
+            let _fetching = guard;
             let store = reg
                 .uploads()
                 .put_whole(repo.clone(), digest.clone(), size, store_rx);
@@ -168,6 +172,31 @@ impl Proxy {
             size,
             body: client_rx,
         })
+    }
+}
+
+/// This node's mark that it fetches a blob; the mark goes with it.
+pub(super) struct Fetching {
+    set: Arc<Mutex<HashSet<Digest>>>,
+    digest: Digest,
+}
+
+impl Fetching {
+    /// The mark, unless this node fetches `digest` already.
+    fn start(set: &Arc<Mutex<HashSet<Digest>>>, digest: &Digest) -> Option<Fetching> {
+        set.lock()
+            .expect("fetching set")
+            .insert(digest.clone())
+            .then(|| Fetching {
+                set: set.clone(),
+                digest: digest.clone(),
+            })
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.set.lock().expect("fetching set").remove(&self.digest);
     }
 }
 

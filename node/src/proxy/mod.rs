@@ -66,6 +66,9 @@ impl Route {
 /// Every configured upstream.
 pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
+    /// Blobs this node is fetching now: a second pull of one on this node waits for the
+    /// first's commit, as pulls on other nodes do (the Raft claim is the node's, not the pull's).
+    fetching: Arc<Mutex<std::collections::HashSet<ipcr_proto::Digest>>>,
 }
 
 /// A cache waits for its upstream only briefly: a client is waiting, and cached content can
@@ -99,7 +102,10 @@ impl Proxy {
                 checked: Mutex::default(),
             }));
         }
-        Ok((!upstreams.is_empty()).then_some(Proxy { upstreams }))
+        Ok((!upstreams.is_empty()).then_some(Proxy {
+            upstreams,
+            fetching: Arc::default(),
+        }))
     }
 
     /// The upstream `repo` is a cache of, if any (the longest matching prefix).
