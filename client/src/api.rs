@@ -93,6 +93,38 @@ impl Registry {
         }
     }
 
+    /// The successful answer to the `GET` `build` makes, body read whole (`None` when longer
+    /// than `limit`). A body that breaks off is asked for again with the backoff: [`Registry::send`]
+    /// retries only what fails before the answer's head. `what` names the request in errors.
+    async fn get_whole(
+        &self,
+        scope: &Scope,
+        what: &str,
+        limit: usize,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<Option<(HeaderMap, Bytes)>, Error> {
+        let mut attempt = 0;
+        loop {
+            let resp = self.send(scope, &build).await?;
+            if !resp.status().is_success() {
+                return Err(self.fail(what.to_string(), resp).await);
+            }
+            let headers = resp.headers().clone();
+            match read_limited(resp, limit).await {
+                Ok(body) => return Ok(Some((headers, body))),
+                Err(None) => return Ok(None),
+                Err(Some(e)) => match self.retry().backoff(attempt) {
+                    Some(wait) => {
+                        tracing::debug!(registry = %self.addr(), what, attempt, ?wait, error = %e, "the body broke off; retrying");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(self.transport(e)),
+                },
+            }
+        }
+    }
+
     /// Every page of a listing that starts at `first`, each page's names read by `names`.
     async fn paged(
         &self,
@@ -103,12 +135,18 @@ impl Registry {
         let mut out = Vec::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
-            let resp = self.send(scope, |c| c.get(url.clone())).await?;
-            if !resp.status().is_success() {
-                return Err(self.fail(format!("GET {}", url.path()), resp).await);
-            }
-            next = next_page(self, resp.headers());
-            let body: serde_json::Value = resp.json().await.map_err(|e| self.transport(e))?;
+            let what = format!("GET {}", url.path());
+            let protocol = |detail: String| Error::Protocol {
+                registry: self.addr().to_string(),
+                detail: format!("{what}: {detail}"),
+            };
+            let (headers, body) = self
+                .get_whole(scope, &what, MAX_MANIFEST_SIZE, |c| c.get(url.clone()))
+                .await?
+                .ok_or_else(|| protocol("a page larger than 4 MiB".into()))?;
+            next = next_page(self, &headers);
+            let body: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| protocol(format!("not JSON: {e}")))?;
             let page = names(body);
             if page.is_empty() {
                 break;
@@ -137,28 +175,22 @@ impl Registry {
     pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> Result<Manifest, Error> {
         let what = format!("GET /v2/{repo}/manifests/{reference}");
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(&Scope::pull(repo.as_str()), |c| {
-                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(what, resp).await);
-        }
         let protocol = |detail: String| Error::Protocol {
             registry: self.addr().to_string(),
             detail: format!("{what}: {detail}"),
         };
-        let claimed = digest_header(resp.headers());
-        let content_type = resp
-            .headers()
+        let (headers, bytes) = self
+            .get_whole(&Scope::pull(repo.as_str()), &what, MAX_MANIFEST_SIZE, |c| {
+                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?
+            .ok_or_else(|| protocol("larger than 4 MiB".into()))?;
+        let claimed = digest_header(&headers);
+        let content_type = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
             .filter(|ct| media::MANIFEST_TYPES.contains(&ct.as_str()) || media::is_schema1(ct));
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE)
-            .await
-            .map_err(|e| e.map_or_else(|| protocol("larger than 4 MiB".into()), |e| self.transport(e)))?;
         let expected: Option<Digest> = reference.parse().ok().or(claimed);
         let algorithm = expected.as_ref().map_or(Algorithm::Sha256, Digest::algorithm);
         let digest = algorithm.digest_bytes(&bytes);
@@ -331,26 +363,23 @@ impl Registry {
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, Error> {
         let url = self.url(&format!("v2/{repo}/referrers/{digest}"));
-        let resp = self
-            .send(&Scope::pull(repo.as_str()), |c| c.get(url.clone()))
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self
-                .fail(format!("GET /v2/{repo}/referrers/{digest}"), resp)
-                .await);
-        }
-        let body = read_limited(resp, MAX_MANIFEST_SIZE).await.map_err(|e| {
-            e.map_or_else(
-                || Error::Protocol {
+        let what = format!("GET /v2/{repo}/referrers/{digest}");
+        let answer = self
+            .get_whole(&Scope::pull(repo.as_str()), &what, MAX_MANIFEST_SIZE, |c| {
+                c.get(url.clone())
+            })
+            .await;
+        let body = match answer {
+            Ok(Some((_, body))) => body,
+            Ok(None) => {
+                return Err(Error::Protocol {
                     registry: self.addr().to_string(),
                     detail: "a referrers index larger than 4 MiB".into(),
-                },
-                |e| self.transport(e),
-            )
-        })?;
+                });
+            }
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
         Ok(Some(index_entries(&body).map_err(|detail| Error::Protocol {
             registry: self.addr().to_string(),
             detail: format!("referrers of {digest}: {detail}"),

@@ -191,17 +191,30 @@ impl Registry {
         for (i, scheme) in schemes.iter().enumerate() {
             let base = Url::parse(&format!("{scheme}://{}/", addr.host))
                 .map_err(|e| Error::Setup(format!("{addr}: {e}")))?;
-            let reg = Registry {
+            // A probe with a fallback after it is sent once: a plain-HTTP port fails every TLS
+            // handshake alike, and retrying it only delays the fallback by the whole backoff.
+            let probe = if i + 1 < schemes.len() {
+                Retry {
+                    attempts: 1,
+                    ..access.retry.clone()
+                }
+            } else {
+                access.retry.clone()
+            };
+            let mut reg = Registry {
                 addr: addr.clone(),
                 base,
                 http: http.clone(),
                 creds: access.creds.clone(),
-                retry: access.retry.clone(),
+                retry: probe,
                 auth: Default::default(),
                 token_fetch: Default::default(),
             };
             match reg.ping().await {
-                Ok(()) => return Ok(reg),
+                Ok(()) => {
+                    reg.retry = access.retry.clone();
+                    return Ok(reg);
+                }
                 Err(Error::Http { error: source, .. })
                     if i + 1 < schemes.len() && !is_certificate_error(&source) =>
                 {
@@ -262,6 +275,11 @@ impl Registry {
     /// The HTTP client, for requests [`Registry::send`] cannot resend (streamed bodies).
     pub(crate) fn http(&self) -> &Client {
         &self.http
+    }
+
+    /// How this registry's requests are retried, for those read past [`Registry::send`].
+    pub(crate) fn retry(&self) -> &Retry {
+        &self.retry
     }
 
     /// The registry's address.
@@ -455,4 +473,43 @@ fn challenges(headers: &HeaderMap) -> Vec<Challenge> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(parse_challenges)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A loopback registry speaking plain HTTP is reached at once: the HTTPS probe before it
+    /// is not retried through the whole backoff (it was: 17 s per registry).
+    #[tokio::test]
+    async fn a_plain_http_loopback_registry_is_reached_without_backoff() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // Whatever arrives (an HTTP request, a TLS ClientHello) gets an HTTP answer.
+                    if conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                    }
+                });
+            }
+        });
+        let started = Instant::now();
+        let reg = Registry::connect(RegistryAddr::parse(&host).unwrap(), Access::default())
+            .await
+            .unwrap();
+        assert_eq!(reg.url("v2/").scheme(), "http");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! backoff with jitter, or the server's `Retry-After` (seconds or an HTTP date) when it sends
 //! one.
 //!
-//! [`crate::registry`] and migrate's blob copies call it.
+//! [`crate::registry`] (requests), [`crate::api`] (bodies that break off) and migrate's blob
+//! copies call it.
 
 use std::time::{Duration, SystemTime};
 

@@ -29,6 +29,8 @@
 //!   the Docker Engine's `certs.d`, and tokens from IPCR's token endpoint.
 //! - [`upstream`] and [`seed`]: distribution 2.8.2 as a source registry (open, htpasswd, or
 //!   behind a token server of the test's), and content pushed into it by skopeo, recorded exactly.
+//! - [`faults`]: a reverse proxy in the test process that answers `429`/`503`, delays, or cuts
+//!   bodies off on the requests the test picks, in front of a registry.
 //! - [`gc`]: `ipcr-node gc` runs and their reports, images whose layers overlap, and the check
 //!   that the nodes' disks hold exactly the live blobs.
 //!
@@ -41,6 +43,7 @@ pub mod clients;
 pub mod cluster;
 pub mod credentials;
 pub mod emulator;
+pub mod faults;
 pub mod gc;
 pub mod jepsen;
 pub mod jwt;

@@ -113,6 +113,23 @@ impl Seeded {
         self.manifests.values().map(|d| d.size).sum::<u64>() + self.blobs.values().sum::<u64>()
     }
 
+    /// What a copy into a registry with the referrers API holds: everything but the fallback
+    /// tags and the indexes under them (that registry lists the referrers itself).
+    pub fn without_fallback_tags(&self) -> Seeded {
+        let mut out = self.clone();
+        for s in &self.signatures {
+            if let Some(index) = out.tags.remove(&s.fallback_tag) {
+                out.manifests.remove(&index.digest);
+            }
+        }
+        out
+    }
+
+    /// The tags a copy into a registry with the referrers API lists: the fallback tags left out.
+    pub fn plain_tags(&self) -> Vec<String> {
+        self.without_fallback_tags().tags.into_keys().collect()
+    }
+
     fn record_tag(&mut self, tag: &str, manifest: &Descriptor) {
         self.tags.insert(tag.to_string(), manifest.clone());
         self.record_manifest(manifest);
@@ -574,13 +591,29 @@ pub struct UpstreamClient {
 impl UpstreamClient {
     /// A client of `upstream` as `creds` (`(user, password)`), or anonymous.
     pub fn new(upstream: &Upstream, creds: Option<(&str, &str)>) -> UpstreamClient {
+        UpstreamClient::at(&upstream.base_url(), creds)
+    }
+
+    /// A client of the registry at `base_url` (`http://127.0.0.1:PORT`: an IPCR node, a
+    /// proxy) as `creds`, or anonymous: the same checks on a copy as on its source.
+    pub fn at(base_url: &str, creds: Option<(&str, &str)>) -> UpstreamClient {
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
+        UpstreamClient::with_http(http, base_url, creds)
+    }
+
+    /// [`UpstreamClient::at`] through `http` (a client trusting a test CA, for `https://`).
+    pub fn with_http(
+        http: reqwest::blocking::Client,
+        base_url: &str,
+        creds: Option<(&str, &str)>,
+    ) -> UpstreamClient {
         UpstreamClient {
-            http: reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("http client"),
-            base: upstream.base_url(),
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
             creds: creds.map(|(u, p)| (u.to_string(), p.to_string())),
         }
     }
@@ -660,6 +693,34 @@ impl UpstreamClient {
         let body: Value = resp.json().expect("a JSON tag list");
         let tags = body["tags"].as_array().into_iter().flatten();
         Ok(tags.filter_map(|t| Some(t.as_str()?.to_string())).collect())
+    }
+
+    /// `GET /v2/<repo>/blobs/<digest>`, hashed as it streams in: `sha256:<hex>` of the bytes
+    /// served, or the status that refused it.
+    pub fn blob_sha256(&self, repo: &str, digest: &str) -> Result<String, u16> {
+        use sha2::Digest as _;
+        use std::io::Read as _;
+        let mut resp = self.send(&format!("/v2/{repo}/blobs/{digest}"), |h, url| h.get(url))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = resp
+                .read(&mut buf)
+                .unwrap_or_else(|e| panic!("reading blob {digest} of {repo}: {e}"));
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
+
+    /// `GET /v2/<repo>/referrers/<digest>`: the `manifests` of the index answered, or the
+    /// status that refused it (distribution 2.8.2 has no referrers API: `404`).
+    pub fn referrers(&self, repo: &str, digest: &str) -> Result<Vec<Value>, u16> {
+        let resp = self.send(&format!("/v2/{repo}/referrers/{digest}"), |h, url| h.get(url))?;
+        let body: Value = resp.json().expect("a JSON referrers index");
+        Ok(body["manifests"].as_array().cloned().unwrap_or_default())
     }
 
     /// `HEAD /v2/<repo>/blobs/<digest>`: its `Content-Length`, or the status that refused it.

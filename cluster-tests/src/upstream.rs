@@ -81,7 +81,7 @@ struct Counters {
 
 /// What every request handler shares.
 struct Signer {
-    config: TokenConfig,
+    config: Arc<std::sync::RwLock<TokenConfig>>,
     key: EncodingKey,
     kid: String,
     counters: Arc<Counters>,
@@ -95,6 +95,7 @@ pub struct TokenServer {
     realm: String,
     dir: tempfile::TempDir,
     counters: Arc<Counters>,
+    config: Arc<std::sync::RwLock<TokenConfig>>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -113,8 +114,9 @@ impl TokenServer {
             .expect("self-signing the token certificate");
         std::fs::write(dir.path().join("rootcertbundle.pem"), cert.pem()).expect("writing the bundle");
         let counters = Arc::new(Counters::default());
+        let config = Arc::new(std::sync::RwLock::new(config));
         let signer = web::Data::new(Signer {
-            config,
+            config: config.clone(),
             key: EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("an ES256 key"),
             kid: libtrust_kid(&rcgen::PublicKeyData::subject_public_key_info(&key)),
             counters: counters.clone(),
@@ -145,6 +147,7 @@ impl TokenServer {
             realm: format!("http://127.0.0.1:{port}/token"),
             dir,
             counters,
+            config,
             handle: rx.recv().expect("the token server started"),
             thread: Some(thread),
         }
@@ -178,6 +181,12 @@ impl TokenServer {
     /// Requests refused so far (unknown user, wrong password, unsupported grant).
     pub fn refused(&self) -> usize {
         self.counters.refused.load(Ordering::SeqCst)
+    }
+
+    /// Answer every later request by `config` (tokens issued before keep their claims): a test
+    /// seeds with long-lived tokens, then makes them expire under the client it tests.
+    pub fn reconfigure(&self, config: TokenConfig) {
+        *self.config.write().expect("token config") = config;
     }
 }
 
@@ -265,9 +274,10 @@ impl Signer {
     /// Authenticate, grant, sign: docker_auth's order. A wrong password is 401 whatever was
     /// asked; an anonymous request is answered, with what anonymous callers may do.
     fn answer(&self, credentials: Option<(String, String)>, params: &[(String, String)]) -> HttpResponse {
+        let config = self.config.read().expect("token config").clone();
         let user = match credentials {
             None => None,
-            Some((u, p)) if self.config.users.iter().any(|(a, b)| *a == u && *b == p) => Some(u),
+            Some((u, p)) if config.users.iter().any(|(a, b)| *a == u && *b == p) => Some(u),
             Some(_) => {
                 self.counters.refused.fetch_add(1, Ordering::SeqCst);
                 return HttpResponse::Unauthorized()
@@ -281,7 +291,7 @@ impl Signer {
             .flat_map(|(_, v)| v.split_whitespace())
             .filter_map(parse_scope)
             .map(|(kind, name, asked)| {
-                let granted: Vec<&str> = match (&user, self.config.anonymous_pull) {
+                let granted: Vec<&str> = match (&user, config.anonymous_pull) {
                     (Some(_), _) => asked,
                     (None, true) => asked.into_iter().filter(|a| *a == "pull").collect(),
                     (None, false) => Vec::new(),
@@ -291,8 +301,8 @@ impl Signer {
             .collect();
         let now = unix_now();
         let n = self.counters.issued.fetch_add(1, Ordering::SeqCst);
-        let lifetime = self.config.lifetime.as_secs();
-        let exp = (now + lifetime) as i64 - self.config.backdate_exp.as_secs() as i64;
+        let lifetime = config.lifetime.as_secs();
+        let exp = (now + lifetime) as i64 - config.backdate_exp.as_secs() as i64;
         let claims = json!({
             "iss": ISSUER,
             "sub": user.unwrap_or_default(),

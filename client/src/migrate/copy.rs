@@ -62,6 +62,8 @@ pub struct Copier {
     manifests: Mutex<HashMap<Key, Once>>,
     /// A destination repository known to hold each blob, for mounts.
     located: Mutex<HashMap<Digest, RepoName>>,
+    /// Blobs a dry run found missing.
+    missing_blobs: std::sync::atomic::AtomicU64,
     /// Bytes a dry run found missing.
     missing_bytes: std::sync::atomic::AtomicU64,
     progress: Arc<Progress>,
@@ -90,9 +92,15 @@ impl Copier {
             blobs: Mutex::default(),
             manifests: Mutex::default(),
             located: Mutex::default(),
+            missing_blobs: Default::default(),
             missing_bytes: Default::default(),
             progress,
         }
+    }
+
+    /// Blobs a dry run found missing at the destination.
+    pub fn missing_blobs(&self) -> u64 {
+        self.missing_blobs.load(Relaxed)
     }
 
     /// Bytes a dry run found missing at the destination.
@@ -141,7 +149,8 @@ impl Copier {
     /// Everything `node` references, at the destination.
     fn closure<'a>(&'a self, pair: Pair<'a>, node: &'a Node) -> Step<'a> {
         Box::pin(async move {
-            let children = futures::future::join_all(node.children.iter().map(|c| self.manifest(pair, c)));
+            let children =
+                futures::future::join_all(node.children.iter().map(|c| self.manifest(pair, c, false)));
             let blobs =
                 futures::future::join_all(node.blobs.iter().map(|(d, size)| self.blob(pair, d, *size)));
             let (children, blobs) = futures::join!(children, blobs);
@@ -149,8 +158,9 @@ impl Copier {
         })
     }
 
-    /// `node` at the destination by digest, once per destination repository.
-    fn manifest<'a>(&'a self, pair: Pair<'a>, node: &'a Arc<Node>) -> Step<'a> {
+    /// `node` at the destination by digest, once per destination repository; counted as a
+    /// referrer written when `referrer` and it was not there.
+    fn manifest<'a>(&'a self, pair: Pair<'a>, node: &'a Arc<Node>, referrer: bool) -> Step<'a> {
         Box::pin(async move {
             let cell = once(&self.manifests, (pair.dst.clone(), node.manifest.digest.clone()));
             cell.get_or_init(|| async {
@@ -165,7 +175,11 @@ impl Copier {
                     return Ok(());
                 }
                 self.closure(pair, node).await?;
-                self.write(pair, &d, &node.manifest).await
+                self.write(pair, &d, &node.manifest).await?;
+                if referrer {
+                    self.progress.stats.referrers_written.fetch_add(1, Relaxed);
+                }
+                Ok(())
             })
             .await
             .clone()
@@ -183,15 +197,7 @@ impl Copier {
                 return Ok(());
             }
             for r in &node.referrers {
-                let known = self
-                    .manifests
-                    .lock()
-                    .expect("copier map")
-                    .contains_key(&(pair.dst.clone(), r.manifest.digest.clone()));
-                self.manifest(pair, r).await?;
-                if !known {
-                    self.progress.stats.referrers_written.fetch_add(1, Relaxed);
-                }
+                self.manifest(pair, r, true).await?;
                 self.referrers(pair, r).await?;
             }
             if self.dry_run {
@@ -260,6 +266,7 @@ impl Copier {
             return Ok(());
         }
         if self.dry_run {
+            self.missing_blobs.fetch_add(1, Relaxed);
             self.missing_bytes.fetch_add(size, Relaxed);
             self.progress.line(format!(
                 "would copy {} ({}) to {}",

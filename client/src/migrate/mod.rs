@@ -104,7 +104,7 @@ pub struct Summary {
     pub tags_up_to_date: u64,
     /// `repository:tag` and why it failed.
     pub failed: Vec<(String, String)>,
-    /// Blobs streamed from the source.
+    /// Blobs streamed from the source (in a dry run: that would be).
     pub blobs_copied: u64,
     /// Blobs the destination had.
     pub blobs_present: u64,
@@ -319,7 +319,7 @@ pub async fn run(args: MigrateArgs) -> Result<Summary, MigrateError> {
         }
     }
     let stats = &progress.stats;
-    summary.blobs_copied = stats.blobs_copied.load(Relaxed);
+    summary.blobs_copied = stats.blobs_copied.load(Relaxed) + copier.missing_blobs();
     summary.blobs_present = stats.blobs_present.load(Relaxed);
     summary.blobs_mounted = stats.blobs_mounted.load(Relaxed);
     summary.bytes = stats.bytes_copied.load(Relaxed) + copier.missing_bytes();
