@@ -193,21 +193,21 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         }
     }
     spawn_upload_maintenance(parts.registry.clone(), &config);
+    let proxy = crate::proxy::Proxy::from_config(&config.proxy)
+        .map_err(io::Error::other)?
+        .map(std::sync::Arc::new);
     let auth = ipcr_auth::Auth::load(&config.auth)
         .map_err(io::Error::other)?
         .map(std::sync::Arc::new);
     if auth.is_none() {
         tracing::warn!("no auth configured: anyone who reaches the registry port may push and delete");
     }
-    let proxy = crate::proxy::Proxy::from_config(&config.proxy)
-        .map_err(io::Error::other)?
-        .map(std::sync::Arc::new);
     let state = web::Data::new(ApiState {
         registry: parts.registry.clone(),
         health: parts.health.clone(),
         body_timeout: config.http.bodytimeout.0,
         auth,
-        proxy,
+        proxy: proxy.clone(),
     });
     let settings = HttpSettings::from_config(&config);
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
@@ -278,6 +278,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         repair: repair.clone(),
         pinner,
         collector,
+        proxy,
     });
     // The cluster port stays up until the registry server has finished its in-flight
     // requests: they may need the cluster (forwarded writes, read indexes, peer reads).

@@ -29,9 +29,13 @@ async fn a_cache_takes_no_pushes_or_deletes() {
     for req in [
         TestRequest::post().uri("/v2/cache/app/blobs/uploads/"),
         TestRequest::post().uri(&format!("/v2/cache/app/blobs/uploads/?digest={digest}")),
-        TestRequest::post().uri(&format!("/v2/cache/app/blobs/uploads/?mount={digest}&from=local/app")),
+        TestRequest::post().uri(&format!(
+            "/v2/cache/app/blobs/uploads/?mount={digest}&from=local/app"
+        )),
         TestRequest::patch().uri("/v2/cache/app/blobs/uploads/0b6b6d52-2c39-4c1b-9b4c-2a4f1a9e0c11"),
-        TestRequest::put().uri(&format!("/v2/cache/app/blobs/uploads/0b6b6d52-2c39-4c1b-9b4c-2a4f1a9e0c11?digest={digest}")),
+        TestRequest::put().uri(&format!(
+            "/v2/cache/app/blobs/uploads/0b6b6d52-2c39-4c1b-9b4c-2a4f1a9e0c11?digest={digest}"
+        )),
         TestRequest::delete().uri("/v2/cache/app/blobs/uploads/0b6b6d52-2c39-4c1b-9b4c-2a4f1a9e0c11"),
         TestRequest::put()
             .uri("/v2/cache/app/manifests/latest")
@@ -41,7 +45,10 @@ async fn a_cache_takes_no_pushes_or_deletes() {
         TestRequest::delete().uri(&format!("/v2/cache/app/blobs/{digest}")),
     ] {
         let err = must_fail(api.send(req).await, 405, "UNSUPPORTED").await;
-        let message = err["errors"][0]["message"].as_str().unwrap_or_default().to_string();
+        let message = err["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         assert!(message.contains("pull-through cache of 127.0.0.1:9"), "{message}");
     }
 }
@@ -55,9 +62,24 @@ async fn nothing_cached_and_no_upstream_is_unavailable_not_unknown() {
     let retry = header(&resp, "Retry-After");
     must_fail(resp, 503, "UNAVAILABLE").await;
     assert_eq!(retry.as_deref(), Some("1"));
-    must_fail(api.get(&format!("/v2/cache/app/manifests/{digest}")).await, 503, "UNAVAILABLE").await;
-    must_fail(api.get(&format!("/v2/cache/app/blobs/{digest}")).await, 503, "UNAVAILABLE").await;
-    must_fail(api.head(&format!("/v2/cache/app/blobs/{digest}")).await, 503, "UNAVAILABLE").await;
+    must_fail(
+        api.get(&format!("/v2/cache/app/manifests/{digest}")).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    must_fail(
+        api.get(&format!("/v2/cache/app/blobs/{digest}")).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
+    must_fail(
+        api.head(&format!("/v2/cache/app/blobs/{digest}")).await,
+        503,
+        "UNAVAILABLE",
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -69,6 +91,11 @@ async fn repositories_outside_the_prefix_are_ordinary() {
         let resp = api.get(&format!("/v2/{repo}/blobs/{digest}")).await;
         must_status(&resp, 200);
         assert_eq!(&body(resp).await[..], b"bytes");
-        must_fail(api.get(&format!("/v2/{repo}/manifests/latest")).await, 404, "MANIFEST_UNKNOWN").await;
+        must_fail(
+            api.get(&format!("/v2/{repo}/manifests/latest")).await,
+            404,
+            "MANIFEST_UNKNOWN",
+        )
+        .await;
     }
 }

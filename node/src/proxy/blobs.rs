@@ -3,10 +3,13 @@
 //! another repository's content). Otherwise one node of the cluster claims the fetch
 //! (`ClaimFetch` in Raft): it streams the upstream's bytes, verified against the digest, to
 //! its client and into the upload path at once (`put_whole`: stored, replicated, committed
-//! like a push); a pull of the same blob on any other node waits for that commit and is then
-//! served like any blob. A failed fetch releases its claim; a dead node's claim runs out.
+//! like a push). Other pulls of the blob read that fetch's file as it grows ([`super::tail`]):
+//! on the same node directly, on other nodes through the cluster port (and verify it again);
+//! where that is not possible (no `Content-Length`) they wait for the commit. Either way the
+//! blob is then linked into their repository and served like any blob. A failed fetch
+//! releases its claim; a dead node's claim runs out.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +17,9 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use ipcr_client::verify::verified;
 use ipcr_proto::{Command, CommandResult, Digest, Reject, RepoName};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use super::tail::{InFlight, Outcome};
 use super::{Proxy, Route};
 use crate::raft::now_ms;
 use crate::registry::{Registry, RegistryError};
@@ -75,7 +79,26 @@ impl Proxy {
             if reg.raft().reader().blob_any(digest)?.is_some() && self.link(reg, route, repo, digest).await? {
                 return Ok(Fetched::Linked);
             }
+            let here = self.fetching.lock().expect("fetching map").get(digest).cloned();
+            if let Some(Some(fetch)) = here {
+                // Fetched on this node now: read along, once the upstream confirms this
+                // repository has the blob.
+                self.upstream_size(route, digest).await?;
+                tracing::info!(%repo, %digest, "reading along this node's fetch of a blob");
+                link_when_committed(reg, repo, digest);
+                return Ok(Fetched::Streaming {
+                    size: Some(fetch.size),
+                    body: fetch.read(),
+                });
+            }
             let claimed = reg.raft().reader().fetch_claim(digest)?;
+            if let Some((node, until)) = claimed
+                && node != me
+                && until > now_ms()
+                && let Some(followed) = self.follow(reg, route, repo, digest, node).await?
+            {
+                return Ok(followed);
+            }
             let free = claimed.is_none_or(|(node, until)| node == me || until <= now_ms());
             if free && let Some(guard) = Fetching::start(&self.fetching, digest) {
                 let claim = Command::ClaimFetch {
@@ -128,6 +151,60 @@ impl Proxy {
         Ok(reg.raft().propose(cmd).await? == CommandResult::Ok)
     }
 
+    /// Read node `node`'s fetch of `digest` through its cluster port, verified again here;
+    /// `None` when it has none to offer (finished, failed, or no size known).
+    async fn follow(
+        &self,
+        reg: &Registry,
+        route: &Route,
+        repo: &RepoName,
+        digest: &Digest,
+        node: ipcr_proto::NodeId,
+    ) -> Result<Option<Fetched>, RegistryError> {
+        let size = self.upstream_size(route, digest).await?;
+        let Some((_, url)) = reg.peers().urls(&[node]).into_iter().next() else {
+            return Ok(None);
+        };
+        let mut rx = reg
+            .transfers()
+            .fetch(&url, &format!("/cluster/fetches/{digest}"), 0, size);
+        let first = match rx.recv().await {
+            Some(Ok(bytes)) => bytes,
+            _ => return Ok(None),
+        };
+        let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let mut body = verified(
+            futures::stream::iter([Ok(first)]).chain(rest),
+            digest.clone(),
+            Some(size),
+        );
+        let (tx, out) = mpsc::channel(CHANNEL);
+        actix_web::rt::spawn(async move {
+            while let Some(item) = body.next().await {
+                let failed = item.is_err();
+                if tx.send(item.map_err(|e| e.to_string())).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        tracing::info!(%repo, %digest, node, "reading along another node's fetch of a blob");
+        link_when_committed(reg, repo, digest);
+        Ok(Some(Fetched::Streaming {
+            size: Some(size),
+            body: out,
+        }))
+    }
+
+    /// The fetch of `digest` this node runs now, for other nodes' pulls to read along.
+    pub fn in_flight(&self, digest: &Digest) -> Option<InFlight> {
+        self.fetching
+            .lock()
+            .expect("fetching map")
+            .get(digest)
+            .cloned()
+            .flatten()
+    }
+
     /// Fetch `digest` under this node's claim: to the client and into the store at once.
     async fn fetch_blob(
         &self,
@@ -148,24 +225,33 @@ impl Proxy {
         let (client_tx, client_rx) = mpsc::channel(CHANNEL);
         let (store_tx, store_rx) = mpsc::channel(CHANNEL);
         let body = verified(resp.bytes_stream(), digest.clone(), size);
+        let tmp = reg.store().temp_path();
+        let outcome = size.map(|n| guard.offer(InFlight::new(tmp.clone(), reg.store().blob_path(digest), n)));
         let (reg, repo, digest, upstream) = (reg.clone(), repo.clone(), digest.clone(), route.upstream());
         // The fetch goes on when the client goes: the next pull finds the blob stored.
         actix_web::rt::spawn(async move {
             let _fetching = guard;
             let store = reg
                 .uploads()
-                .put_whole(repo.clone(), digest.clone(), size, store_rx);
+                .put_whole_via(repo.clone(), digest.clone(), size, store_rx, tmp);
             let work = async { futures::join!(store, pump(body, store_tx, client_tx)).0 };
             let stored = tokio::select! {
                 stored = work => stored,
                 () = renew(&reg, &digest) => unreachable!("renewing never ends"),
             };
-            match stored {
-                Ok(bytes) => tracing::info!(%repo, %digest, bytes, %upstream, "cached a blob"),
+            let ended = match stored {
+                Ok(bytes) => {
+                    tracing::info!(%repo, %digest, bytes, %upstream, "cached a blob");
+                    Outcome::Stored
+                }
                 Err(e) => {
                     tracing::warn!(%repo, %digest, %upstream, error = %e, "fetching a blob failed");
                     release(&reg, &digest).await;
+                    Outcome::Failed(e.to_string())
                 }
+            };
+            if let Some(outcome) = outcome {
+                let _ = outcome.send(ended);
             }
         });
         Ok(Fetched::Streaming {
@@ -175,29 +261,68 @@ impl Proxy {
     }
 }
 
-/// This node's mark that it fetches a blob; the mark goes with it.
+/// This node's mark that it fetches a blob (with the fetch, for others to read along once its
+/// size is known); the mark goes with it.
 pub(super) struct Fetching {
-    set: Arc<Mutex<HashSet<Digest>>>,
+    map: Arc<Mutex<HashMap<Digest, Option<InFlight>>>>,
     digest: Digest,
 }
 
 impl Fetching {
     /// The mark, unless this node fetches `digest` already.
-    fn start(set: &Arc<Mutex<HashSet<Digest>>>, digest: &Digest) -> Option<Fetching> {
-        set.lock()
-            .expect("fetching set")
-            .insert(digest.clone())
-            .then(|| Fetching {
-                set: set.clone(),
-                digest: digest.clone(),
-            })
+    fn start(map: &Arc<Mutex<HashMap<Digest, Option<InFlight>>>>, digest: &Digest) -> Option<Fetching> {
+        let mut fetching = map.lock().expect("fetching map");
+        if fetching.contains_key(digest) {
+            return None;
+        }
+        fetching.insert(digest.clone(), None);
+        Some(Fetching {
+            map: map.clone(),
+            digest: digest.clone(),
+        })
+    }
+
+    /// Let other pulls read `fetch` as it is written; answers the sender of its outcome.
+    fn offer(&self, (fetch, outcome): (InFlight, watch::Sender<Outcome>)) -> watch::Sender<Outcome> {
+        self.map
+            .lock()
+            .expect("fetching map")
+            .insert(self.digest.clone(), Some(fetch));
+        outcome
     }
 }
 
 impl Drop for Fetching {
     fn drop(&mut self) {
-        self.set.lock().expect("fetching set").remove(&self.digest);
+        self.map.lock().expect("fetching map").remove(&self.digest);
     }
+}
+
+/// Once `digest` is committed, link it into `repo` (whose pull read it along another's fetch,
+/// the upstream having confirmed the repository holds it), so later pulls find it there.
+fn link_when_committed(reg: &Registry, repo: &RepoName, digest: &Digest) {
+    let (reg, repo, digest) = (reg.clone(), repo.clone(), digest.clone());
+    actix_web::rt::spawn(async move {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        while Instant::now() < deadline {
+            let reader = reg.raft().reader();
+            if matches!(reader.blob(&repo, &digest), Ok(Some(_))) {
+                return;
+            }
+            if matches!(reader.blob_any(&digest), Ok(Some(_))) {
+                let cmd = Command::LinkBlob {
+                    repo: repo.clone(),
+                    digest: digest.clone(),
+                    now_ms: now_ms(),
+                };
+                if let Err(e) = reg.raft().propose(cmd).await {
+                    tracing::debug!(%repo, %digest, error = %e, "could not link a cached blob");
+                }
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    });
 }
 
 /// Copy `body` to the store and the client; a client that goes away stops getting it, the

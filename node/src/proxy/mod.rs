@@ -9,6 +9,7 @@
 
 mod blobs;
 mod manifests;
+pub mod tail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,9 +67,9 @@ impl Route {
 /// Every configured upstream.
 pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
-    /// Blobs this node is fetching now: a second pull of one on this node waits for the
-    /// first's commit, as pulls on other nodes do (the Raft claim is the node's, not the pull's).
-    fetching: Arc<Mutex<std::collections::HashSet<ipcr_proto::Digest>>>,
+    /// Blobs this node is fetching now, with the fetch once its size is known: other pulls of
+    /// one read along (the Raft claim is the node's, not the pull's, so it cannot tell them).
+    fetching: Arc<Mutex<HashMap<ipcr_proto::Digest, Option<tail::InFlight>>>>,
 }
 
 /// A cache waits for its upstream only briefly: a client is waiting, and cached content can

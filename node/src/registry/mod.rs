@@ -145,6 +145,16 @@ impl Registry {
         &self.store
     }
 
+    /// The cluster's members, for peer URLs.
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    /// Transfers from and to peers.
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
     /// The Raft member.
     pub fn raft(&self) -> &RaftNode {
         &self.raft

@@ -325,7 +325,21 @@ impl Uploads {
         content_length: Option<u64>,
         body: Body,
     ) -> Result<u64, UploadError> {
-        let stored = replicate::put_blob(&self.ctx, &digest, content_length, body).await?;
+        let tmp = self.ctx.store.temp_path();
+        self.put_whole_via(repo, digest, content_length, body, tmp).await
+    }
+
+    /// [`Uploads::put_whole`], written first to `tmp` (a [`FsStore::temp_path`]), which
+    /// others may read while it grows: the pull-through cache's other pulls of the blob.
+    pub async fn put_whole_via(
+        &self,
+        repo: RepoName,
+        digest: Digest,
+        content_length: Option<u64>,
+        body: Body,
+        tmp: std::path::PathBuf,
+    ) -> Result<u64, UploadError> {
+        let stored = replicate::put_blob(&self.ctx, &digest, content_length, body, tmp).await?;
         let size = stored.size;
         let cmd = Command::CommitBlob {
             repo,

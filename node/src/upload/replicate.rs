@@ -106,13 +106,14 @@ pub struct Stored {
     pub leaves: Vec<ipcr_proto::cid::Leaf>,
 }
 
-/// Write a whole blob (a monolithic push) to a temporary file here, check its digest, store
-/// it, and have enough replicas store verified copies.
+/// Write a whole blob (a monolithic push) to the temporary file `tmp` here, check its digest,
+/// store it, and have enough replicas store verified copies.
 pub async fn put_blob(
     ctx: &UploadContext,
     digest: &Digest,
     content_length: Option<u64>,
     body: Body,
+    tmp: std::path::PathBuf,
 ) -> Result<Stored, UploadError> {
     let copies = ctx.peers.copies();
     let peers = ctx.peers.ranked(&digest.to_string());
@@ -124,7 +125,6 @@ pub async fn put_blob(
         Some((peer, (tx, ack))) => (Some(tx), Some((peer, ack))),
         None => (None, None),
     };
-    let tmp = ctx.store.temp_path();
     let (store, path, check) = (ctx.store.clone(), tmp.clone(), digest.clone());
     let hashes = Hashes::new(
         ResumableHasher::new(check.algorithm()),

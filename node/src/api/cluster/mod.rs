@@ -35,6 +35,8 @@ pub struct ClusterApi {
     pub pinner: Option<crate::backend::pinner::Pinner>,
     /// Garbage collections run from this node.
     pub collector: crate::registry::gc::Collector,
+    /// The pull-through caches, whose fetches in flight other nodes read along.
+    pub proxy: Option<std::sync::Arc<crate::proxy::Proxy>>,
 }
 
 /// Refuse any request without the cluster secret.
@@ -97,6 +99,7 @@ pub fn app(
         )
         .route("/cluster/uploads/{id}/finish", web::put().to(transfer::finish))
         .route("/cluster/blobs/{digest}", web::get().to(transfer::get_blob))
+        .route("/cluster/fetches/{digest}", web::get().to(transfer::get_fetch))
         .route("/cluster/blobs/{digest}", web::put().to(transfer::put_blob))
         .route(
             "/cluster/blobs/{digest}/fetch",

@@ -100,6 +100,27 @@ pub async fn get_blob(
     serve_file(&req, &store.blob_path(&digest), size)
 }
 
+/// `GET /cluster/fetches/<digest>`: a blob this node is fetching from a cache's upstream, from
+/// its first byte as it is written (`404` when there is no such fetch, or its size is unknown).
+pub async fn get_fetch(
+    state: web::Data<ClusterApi>,
+    d: web::Path<String>,
+) -> actix_web::Result<HttpResponse> {
+    let digest = digest(&d)?;
+    let fetch = state
+        .proxy
+        .as_ref()
+        .and_then(|p| p.in_flight(&digest))
+        .ok_or_else(|| actix_web::error::ErrorNotFound("no fetch of this blob on this node"))?;
+    let size = fetch.size;
+    let mut rx = fetch.read();
+    let body =
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(|item| item.map_err(std::io::Error::other));
+    let mut resp = HttpResponse::Ok();
+    resp.content_type("application/octet-stream").no_chunking(size);
+    Ok(resp.streaming(body))
+}
+
 /// `POST /cluster/uploads/<id>/materialize`: assemble and store a finished upload's blob.
 pub async fn materialize(state: web::Data<ClusterApi>, body: web::Bytes) -> actix_web::Result<HttpResponse> {
     let plan: Plan = decoded(&body)?;
