@@ -75,6 +75,9 @@ impl Proxy {
         }
         let me = reg.raft().id();
         let deadline = Instant::now() + WAIT_LIMIT;
+        // The upstream's size of the blob, asked once (a pull that waits long must not ask the
+        // upstream on every look).
+        let mut confirmed = None;
         loop {
             if reg.raft().reader().blob_any(digest)?.is_some() && self.link(reg, route, repo, digest).await? {
                 return Ok(Fetched::Linked);
@@ -83,7 +86,7 @@ impl Proxy {
             if let Some(Some(fetch)) = here {
                 // Fetched on this node now: read along, once the upstream confirms this
                 // repository has the blob.
-                self.upstream_size(route, digest).await?;
+                self.confirm(route, digest, &mut confirmed).await?;
                 tracing::info!(%repo, %digest, "reading along this node's fetch of a blob");
                 link_when_committed(reg, repo, digest);
                 return Ok(Fetched::Streaming {
@@ -95,7 +98,8 @@ impl Proxy {
             if let Some((node, until)) = claimed
                 && node != me
                 && until > now_ms()
-                && let Some(followed) = self.follow(reg, route, repo, digest, node).await?
+                && let size = self.confirm(route, digest, &mut confirmed).await?
+                && let Some(followed) = self.follow(reg, repo, digest, node, size).await?
             {
                 return Ok(followed);
             }
@@ -121,6 +125,21 @@ impl Proxy {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The upstream's size of `digest` in the route's repository, asked once into `confirmed`.
+    async fn confirm(
+        &self,
+        route: &Route,
+        digest: &Digest,
+        confirmed: &mut Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        if let Some(size) = confirmed {
+            return Ok(*size);
+        }
+        let size = self.upstream_size(route, digest).await?;
+        *confirmed = Some(size);
+        Ok(size)
     }
 
     async fn upstream_size(&self, route: &Route, digest: &Digest) -> Result<u64, RegistryError> {
@@ -151,17 +170,17 @@ impl Proxy {
         Ok(reg.raft().propose(cmd).await? == CommandResult::Ok)
     }
 
-    /// Read node `node`'s fetch of `digest` through its cluster port, verified again here;
-    /// `None` when it has none to offer (finished, failed, or no size known).
+    /// Read node `node`'s fetch of `digest` (`size` bytes, the upstream says) through its
+    /// cluster port, verified again here; `None` when it has none to offer (not started,
+    /// finished, failed, or no size known).
     async fn follow(
         &self,
         reg: &Registry,
-        route: &Route,
         repo: &RepoName,
         digest: &Digest,
         node: ipcr_proto::NodeId,
+        size: u64,
     ) -> Result<Option<Fetched>, RegistryError> {
-        let size = self.upstream_size(route, digest).await?;
         let Some((_, url)) = reg.peers().urls(&[node]).into_iter().next() else {
             return Ok(None);
         };
