@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use cluster_tests::client::http_client as http;
 use cluster_tests::clients::Docker;
 use cluster_tests::credentials::{DockerSession, must_build_and_push};
 use cluster_tests::faults::{Fault, FaultProxy, Rule, When};
@@ -36,14 +37,6 @@ fn upstreams(prefix: &str, remoteurl: &str, creds: Option<(&str, &str)>, ttl: &s
 
 fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("http client")
 }
 
 /// `GET <base><path>`: the status and, for a 200, the whole body (`Err` when it broke off).

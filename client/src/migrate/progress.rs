@@ -237,6 +237,22 @@ mod tests {
     }
 
     #[test]
+    fn the_bars_templates_are_valid() {
+        // Built as on a terminal (drawn nowhere here): a bad template panics when built.
+        let p = Arc::new(Progress::new(true));
+        p.set_totals(2, 20);
+        let d = ipcr_proto::digest::Algorithm::Sha256.digest_bytes(b"x");
+        let b = p.blob_started(&d, 10);
+        (b.counter())(10);
+        b.copied(&d, "r");
+        p.blob_done_without_copy(10, false);
+        p.tag_finished("r:1", "copied");
+        p.line("a line above the bars");
+        p.finish();
+        assert_eq!(p.stats.blobs_present.load(Relaxed), 1);
+    }
+
+    #[test]
     fn counters_add_up_without_a_terminal() {
         let p = Arc::new(Progress::new(false));
         p.set_totals(1, 10);

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_tests::Node;
 use cluster_tests::bench::{curl, location, median};
+use cluster_tests::client::http_client as http;
 use cluster_tests::seed::{Seeded, Seeder};
 use cluster_tests::tools::{find_on_path, run};
 use cluster_tests::upstream::Upstream;
@@ -169,14 +170,6 @@ fn load_average() -> String {
 
 // ---------------------------------------------------------------------------------------
 // Checking a copy.
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("http client")
-}
 
 fn header(resp: &reqwest::blocking::Response, name: &str) -> Option<String> {
     Some(resp.headers().get(name)?.to_str().ok()?.to_string())
