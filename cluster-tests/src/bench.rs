@@ -75,6 +75,12 @@ pub fn location(base: &str, headers: &str) -> Result<String> {
 pub fn push_big(base: &str, repo: &str, file: &Path, digest: &str) -> Result<f64> {
     let _ = Command::new("sync").status();
     let started = Instant::now();
+    push_file(base, repo, file, digest)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// A monolithic push of `file` as blob `digest` into `repo`: `POST`, then `PUT` of the body.
+pub fn push_file(base: &str, repo: &str, file: &Path, digest: &str) -> Result<()> {
     let (code, _, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{repo}/blobs/uploads/"))?;
     if code != 202 {
         bail!("POST to {base}: {code}");
@@ -82,21 +88,19 @@ pub fn push_big(base: &str, repo: &str, file: &Path, digest: &str) -> Result<f64
     let loc = location(base, &headers)?;
     let sep = if loc.contains('?') { '&' } else { '?' };
     let f = file.display().to_string();
-    let (code, _, _) = curl(
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-T",
-            &f,
-        ],
-        &format!("{loc}{sep}digest={digest}"),
-    )?;
+    let put = [
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-T",
+        &f,
+    ];
+    let (code, _, _) = curl(&put, &format!("{loc}{sep}digest={digest}"))?;
     if code != 201 {
-        bail!("PUT to {base}: {code}");
+        bail!("PUT {digest} to {base}: {code}");
     }
-    Ok(started.elapsed().as_secs_f64())
+    Ok(())
 }
 
 /// `GET` a blob with curl into `/dev/null`; answers (status, seconds, bytes).

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_tests::Node;
-use cluster_tests::bench::{curl, location, median};
+use cluster_tests::bench::{median, push_file};
 use cluster_tests::client::http_client as http;
 use cluster_tests::seed::{Seeded, Seeder};
 use cluster_tests::tools::{find_on_path, run};
@@ -384,7 +384,9 @@ fn copy_once(tool: Tool, ctx: &Ctx, seeded: &Seeded) -> Result<CopyRun> {
         }
         Tool::Write(c) => {
             let (base, files) = (node.base_url(), ctx.files.as_ref().context("no blob files")?);
-            each_blob(seeded, c, |d, _| push_file(&base, &files.path().join(d), d))?;
+            each_blob(seeded, c, |d, _| {
+                push_file(&base, DEST_REPO, &files.path().join(d), d)
+            })?;
             None
         }
         _ => {
@@ -448,31 +450,6 @@ fn each_blob(seeded: &Seeded, concurrency: u16, work: impl Fn(&str, u64) -> Resu
             .into_iter()
             .try_for_each(|w| w.join().map_err(|_| anyhow!("a worker panicked"))?)
     })
-}
-
-/// A monolithic push of `file` as blob `digest` into [`DEST_REPO`]: `POST`, then `PUT` of
-/// the body.
-fn push_file(base: &str, file: &Path, digest: &str) -> Result<()> {
-    let (code, _, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{DEST_REPO}/blobs/uploads/"))?;
-    if code != 202 {
-        bail!("POST to {base}: {code}");
-    }
-    let loc = location(base, &headers)?;
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let f = file.display().to_string();
-    let put = [
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-T",
-        &f,
-    ];
-    let (code, _, _) = curl(&put, &format!("{loc}{sep}digest={digest}"))?;
-    if code != 201 {
-        bail!("PUT {digest} to {base}: {code}");
-    }
-    Ok(())
 }
 
 /// Every blob of `seeded` from the source into a directory under /var/tmp, each file named
