@@ -24,6 +24,9 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use futures::StreamExt as _;
 
+/// The bytes a [`Fault::Slow`] passes between two pauses.
+pub const SLOW_PIECE: usize = 64 << 10;
+
 /// The largest request body forwarded.
 pub const MAX_REQUEST_BODY: usize = 256 << 20;
 
@@ -47,7 +50,8 @@ pub enum Fault {
     },
     /// Forward after waiting this long.
     Delay(Duration),
-    /// Forward, pausing this long before each chunk of the response body: a slow upstream.
+    /// Forward, pausing this long before each [`SLOW_PIECE`] bytes of the response body: a
+    /// slow upstream, whatever sizes of chunks the upstream's body comes in.
     Slow(Duration),
 }
 
@@ -473,11 +477,24 @@ async fn forward(
         // size, which actix never polls for a `HEAD`.
         return resp.streaming(futures::stream::empty::<Result<Bytes, std::io::Error>>());
     }
-    let body = body_cut_after(upstream, cut).then(move |chunk| async move {
-        if let Some(d) = pause {
-            actix_web::rt::time::sleep(d).await;
-        }
-        chunk
-    });
+    let body = body_cut_after(upstream, cut)
+        .flat_map(move |chunk| futures::stream::iter(pieces(chunk, pause.is_some())))
+        .then(move |piece| async move {
+            if let Some(d) = pause {
+                actix_web::rt::time::sleep(d).await;
+            }
+            piece
+        });
     resp.streaming(body)
+}
+
+/// `chunk` in pieces of at most [`SLOW_PIECE`] bytes when `split`, else whole.
+fn pieces(chunk: Result<Bytes, std::io::Error>, split: bool) -> Vec<Result<Bytes, std::io::Error>> {
+    match chunk {
+        Ok(bytes) if split => (0..bytes.len())
+            .step_by(SLOW_PIECE)
+            .map(|at| Ok(bytes.slice(at..(at + SLOW_PIECE).min(bytes.len()))))
+            .collect(),
+        other => vec![other],
+    }
 }

@@ -146,10 +146,21 @@ fn must_pull_together(bases: &[String], repo: &str, digest: &str) {
     }
 }
 
-/// The largest blob `seeded` holds.
-fn largest(seeded: &Seeded) -> (String, u64) {
-    let (d, s) = seeded.blobs.iter().max_by_key(|(_, s)| **s).expect("a blob");
-    (d.clone(), *s)
+/// An open distribution seeded with `tags` tags of `layer_size` layers in [`REPO`], or `None`
+/// when a tool is missing (the test is skipped).
+fn seeded_upstream(tags: usize, layer_size: usize) -> Option<(Upstream, Seeded)> {
+    let skopeo = require_tool("skopeo")?;
+    let up = Upstream::open()?;
+    let mut seeded = Seeded::new(REPO);
+    Seeder::new(&skopeo, &up, None).seed_tags(&mut seeded, tags, layer_size);
+    Some((up, seeded))
+}
+
+/// The blobs of `seeded` with their sizes, the largest first.
+fn by_size(seeded: &Seeded) -> Vec<(String, u64)> {
+    let mut blobs: Vec<(String, u64)> = seeded.blobs.iter().map(|(d, s)| (d.clone(), *s)).collect();
+    blobs.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+    blobs
 }
 
 const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\nCMD [\"/bin/busybox\",\"echo\",\"pulled through the cache\"]\n";
@@ -218,18 +229,16 @@ fn docker_pulls_an_image_only_the_upstream_holds_through_the_cache() {
 
 #[test]
 fn one_fetch_per_blob_in_the_cluster_then_an_ordinary_blob() {
-    let Some(skopeo) = require_tool("skopeo") else {
+    let Some((mut up, seeded)) = seeded_upstream(1, 24 << 20) else {
         return;
     };
-    let Some(mut up) = Upstream::open() else { return };
-    let mut seeded = Seeded::new(REPO);
-    Seeder::new(&skopeo, &up, None).seed_tags(&mut seeded, 1, 24 << 20);
-    let (blob, _) = largest(&seeded);
+    let blobs = by_size(&seeded);
+    let (blob, other) = (blobs[0].0.clone(), blobs[1].0.clone());
     let faults = FaultProxy::start(&up.base_url());
-    // The upstream sends blobs slowly (a pause before each chunk: seconds for a layer), so
-    // that the pulls below are under way together and the later ones read along the fetch.
+    // The upstream sends blobs slowly (2 ms per 64 KiB: about a second for a layer), so that
+    // the pulls below are under way together and the later ones read along the fetch.
     faults.set(
-        Rule::new(Fault::Slow(Duration::from_millis(1)), When::Always)
+        Rule::new(Fault::Slow(Duration::from_millis(2)), When::Always)
             .on_method("GET")
             .on_path("/blobs/"),
     );
@@ -260,13 +269,6 @@ fn one_fetch_per_blob_in_the_cluster_then_an_ordinary_blob() {
     );
 
     // A second blob, pulled twice at once through one node: fetched once too.
-    let (other, _) = seeded
-        .blobs
-        .iter()
-        .filter(|(d, _)| **d != blob)
-        .max_by_key(|(_, s)| **s)
-        .map(|(d, s)| (d.clone(), *s))
-        .expect("a second blob");
     must_pull_together(&[bases[0].clone(), bases[0].clone()], &repo, &other);
     let fetches = faults
         .exchanges()
@@ -301,14 +303,10 @@ fn one_fetch_per_blob_in_the_cluster_then_an_ordinary_blob() {
 
 #[test]
 fn bad_bytes_and_broken_fetches_leave_nothing_behind() {
-    let Some(skopeo) = require_tool("skopeo") else {
+    let Some((mut up, seeded)) = seeded_upstream(1, 16 << 20) else {
         return;
     };
-    let Some(mut up) = Upstream::open() else { return };
-    let mut seeded = Seeded::new(REPO);
-    Seeder::new(&skopeo, &up, None).seed_tags(&mut seeded, 1, 16 << 20);
-    let mut blobs: Vec<(String, u64)> = seeded.blobs.iter().map(|(d, s)| (d.clone(), *s)).collect();
-    blobs.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+    let blobs = by_size(&seeded);
     let (bad, bad_size) = blobs[0].clone();
     let (cut, _) = blobs[1].clone();
     let env = [upstreams("up", &up.base_url(), None, "5m")];
@@ -367,13 +365,9 @@ fn bad_bytes_and_broken_fetches_leave_nothing_behind() {
 
 #[test]
 fn tags_follow_the_upstream_after_ttl_and_cached_ones_outlive_it() {
-    let Some(skopeo) = require_tool("skopeo") else {
+    let Some((mut up, seeded)) = seeded_upstream(2, 64 << 10) else {
         return;
     };
-    let Some(mut up) = Upstream::open() else { return };
-    let mut seeded = Seeded::new(REPO);
-    let seeder = Seeder::new(&skopeo, &up, None);
-    seeder.seed_tags(&mut seeded, 2, 64 << 10);
     let (v0, v1) = (seeded.tags["v0"].clone(), seeded.tags["v1"].clone());
     let faults = FaultProxy::start(&up.base_url());
     let ttl = Duration::from_secs(2);
