@@ -79,7 +79,9 @@ impl Proxy {
         // upstream on every look).
         let mut confirmed = None;
         loop {
-            if reg.raft().reader().blob_any(digest)?.is_some() && self.link(reg, route, repo, digest).await? {
+            if reg.raft().reader().blob_any(digest)?.is_some()
+                && self.link(reg, route, repo, digest, &mut confirmed).await?
+            {
                 return Ok(Fetched::Linked);
             }
             let here = self.fetching.lock().expect("fetching map").get(digest).cloned();
@@ -160,8 +162,9 @@ impl Proxy {
         route: &Route,
         repo: &RepoName,
         digest: &Digest,
+        confirmed: &mut Option<u64>,
     ) -> Result<bool, RegistryError> {
-        self.upstream_size(route, digest).await?;
+        self.confirm(route, digest, confirmed).await?;
         let cmd = Command::LinkBlob {
             repo: repo.clone(),
             digest: digest.clone(),

@@ -130,11 +130,6 @@ impl Proxy {
             })
         })
     }
-
-    /// Whether `repo` is a cache (and so refuses pushes).
-    pub fn is_proxied(&self, repo: &RepoName) -> bool {
-        self.route(repo).is_some()
-    }
 }
 
 #[cfg(test)]
@@ -177,7 +172,6 @@ mod tests {
         assert_eq!(routed(&p, "ghcrx/a"), None);
         assert_eq!(routed(&p, "dockerhub"), None);
         assert_eq!(routed(&p, "local/app"), None);
-        assert!(!p.is_proxied(&"local/app".parse().unwrap()));
     }
 
     #[test]
