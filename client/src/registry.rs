@@ -146,6 +146,24 @@ fn http_client(access: &Access) -> Result<Client, Error> {
     }
 }
 
+/// The schemes to try for `addr`, in order: the one it names, else HTTPS, then plain HTTP
+/// where Docker allows it (loopback hosts) or TLS is not verified. Naming `http://` elsewhere
+/// is an error.
+fn schemes(addr: &RegistryAddr, tls_verify: bool) -> Result<&'static [&'static str], Error> {
+    let plain_ok = addr.is_loopback() || !tls_verify;
+    Ok(match addr.scheme {
+        Some(Scheme::Http) if !plain_ok => {
+            return Err(Error::Setup(format!(
+                "{addr}: plain HTTP is only used for loopback registries or without TLS verification (--*-tls-verify=false)"
+            )));
+        }
+        Some(Scheme::Http) => &["http"],
+        Some(Scheme::Https) => &["https"],
+        None if plain_ok => &["https", "http"],
+        None => &["https"],
+    })
+}
+
 /// Whether `e` failed because the server's certificate is not trusted (rather than because
 /// nothing speaks TLS there).
 fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -175,22 +193,9 @@ impl Registry {
     /// authenticates.
     pub async fn connect(addr: RegistryAddr, access: Access) -> Result<Registry, Error> {
         let http = http_client(&access)?;
-        let plain_ok = addr.is_loopback() || !access.tls_verify;
-        let schemes: &[&str] = match addr.scheme {
-            Some(Scheme::Http) if !plain_ok => {
-                return Err(Error::Setup(format!(
-                    "{addr}: plain HTTP is only used for loopback registries or with --*-tls-verify=false"
-                )));
-            }
-            Some(Scheme::Http) => &["http"],
-            Some(Scheme::Https) => &["https"],
-            None if plain_ok => &["https", "http"],
-            None => &["https"],
-        };
+        let schemes = schemes(&addr, access.tls_verify)?;
         let mut last = None;
         for (i, scheme) in schemes.iter().enumerate() {
-            let base = Url::parse(&format!("{scheme}://{}/", addr.host))
-                .map_err(|e| Error::Setup(format!("{addr}: {e}")))?;
             // A probe with a fallback after it is sent once: a plain-HTTP port fails every TLS
             // handshake alike, and retrying it only delays the fallback by the whole backoff.
             let probe = if i + 1 < schemes.len() {
@@ -201,15 +206,7 @@ impl Registry {
             } else {
                 access.retry.clone()
             };
-            let mut reg = Registry {
-                addr: addr.clone(),
-                base,
-                http: http.clone(),
-                creds: access.creds.clone(),
-                retry: probe,
-                auth: Default::default(),
-                token_fetch: Default::default(),
-            };
+            let mut reg = Registry::at(&addr, scheme, http.clone(), &access, probe)?;
             match reg.ping().await {
                 Ok(()) => {
                     reg.retry = access.retry.clone();
@@ -236,24 +233,35 @@ impl Registry {
     /// allowed for loopback hosts, or when `access.tls_verify` is off.
     pub fn lazy(url: &str, access: Access) -> Result<Registry, Error> {
         let addr = RegistryAddr::parse(url).map_err(|e| Error::Setup(format!("{url}: {e}")))?;
-        let scheme = match addr.scheme {
-            Some(Scheme::Https) => "https",
-            Some(Scheme::Http) if addr.is_loopback() || !access.tls_verify => "http",
-            Some(Scheme::Http) => {
-                return Err(Error::Setup(format!(
-                    "{url}: plain HTTP is only used for loopback registries or without TLS verification"
-                )));
-            }
-            None => return Err(Error::Setup(format!("{url}: give the scheme, https://"))),
-        };
+        if addr.scheme.is_none() {
+            return Err(Error::Setup(format!("{url}: give the scheme, https://")));
+        }
+        let scheme = schemes(&addr, access.tls_verify)?[0];
+        Registry::at(
+            &addr,
+            scheme,
+            http_client(&access)?,
+            &access,
+            access.retry.clone(),
+        )
+    }
+
+    /// A registry at `scheme://addr`, not contacted yet.
+    fn at(
+        addr: &RegistryAddr,
+        scheme: &str,
+        http: Client,
+        access: &Access,
+        retry: Retry,
+    ) -> Result<Registry, Error> {
         let base = Url::parse(&format!("{scheme}://{}/", addr.host))
-            .map_err(|e| Error::Setup(format!("{url}: {e}")))?;
+            .map_err(|e| Error::Setup(format!("{addr}: {e}")))?;
         Ok(Registry {
-            http: http_client(&access)?,
-            addr,
+            addr: addr.clone(),
             base,
-            creds: access.creds,
-            retry: access.retry,
+            http,
+            creds: access.creds.clone(),
+            retry,
             auth: Default::default(),
             token_fetch: Default::default(),
         })
