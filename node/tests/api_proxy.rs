@@ -99,3 +99,65 @@ async fn repositories_outside_the_prefix_are_ordinary() {
         .await;
     }
 }
+
+/// The cache stores a fetch's bytes without hashing them again (`Check::Verified`: the stream
+/// fails rather than yield bytes that do not match). A fetch whose sender goes away without an
+/// error must still never be stored as the blob: the declared length tells, and without one the
+/// store hashes after all.
+#[actix_web::test]
+async fn a_verified_fetch_cut_short_is_never_stored() {
+    use ipcr_node::upload::{Check, UploadError};
+    let node = TestNode::start(cache_config()).await;
+    let registry = &node.parts.registry;
+    let blob = vec![7u8; 3 << 20];
+    let digest: ipcr_proto::Digest = sha256(&blob).parse().unwrap();
+    let repo: ipcr_proto::RepoName = "cache/app".parse().unwrap();
+    let body = |bytes: &[u8]| {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for piece in bytes.chunks(64 << 10) {
+            tx.try_send(Ok(bytes::Bytes::copy_from_slice(piece))).unwrap();
+        }
+        rx // the sender goes here, with no error sent
+    };
+    let half = &blob[..blob.len() / 2];
+    for length in [Some(blob.len() as u64), None] {
+        let tmp = registry.store().temp_path();
+        let put = registry
+            .uploads()
+            .put_whole_via(
+                repo.clone(),
+                digest.clone(),
+                length,
+                body(half),
+                tmp.clone(),
+                Check::Verified,
+            )
+            .await;
+        match (length, put) {
+            (Some(_), Err(UploadError::SizeInvalid(_))) | (None, Err(UploadError::DigestInvalid(_))) => {}
+            (length, other) => panic!("length {length:?}: a cut fetch gave {other:?}"),
+        }
+        assert!(!tmp.exists(), "the temporary file stays");
+    }
+    assert!(
+        !registry.store().blob_path(&digest).exists(),
+        "a cut fetch was stored"
+    );
+    assert!(node.parts.raft.reader().blob_any(&digest).unwrap().is_none());
+
+    let tmp = registry.store().temp_path();
+    let stored = registry
+        .uploads()
+        .put_whole_via(
+            repo.clone(),
+            digest.clone(),
+            Some(blob.len() as u64),
+            body(&blob),
+            tmp,
+            Check::Verified,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, blob.len() as u64);
+    assert_eq!(std::fs::read(registry.store().blob_path(&digest)).unwrap(), blob);
+}

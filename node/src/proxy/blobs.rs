@@ -23,6 +23,7 @@ use super::tail::{InFlight, Outcome};
 use super::{Proxy, Route};
 use crate::raft::now_ms;
 use crate::registry::{Registry, RegistryError};
+use crate::upload::Check;
 use crate::upload::writer::BodyChunk;
 
 /// How long a fetch claim runs unless renewed.
@@ -253,9 +254,14 @@ impl Proxy {
         // The fetch goes on when the client goes: the next pull finds the blob stored.
         actix_web::rt::spawn(async move {
             let _fetching = guard;
-            let store = reg
-                .uploads()
-                .put_whole_via(repo.clone(), digest.clone(), size, store_rx, tmp);
+            let store = reg.uploads().put_whole_via(
+                repo.clone(),
+                digest.clone(),
+                size,
+                store_rx,
+                tmp,
+                Check::Verified,
+            );
             let work = async { futures::join!(store, pump(body, store_tx, client_tx)).0 };
             let stored = tokio::select! {
                 stored = work => stored,

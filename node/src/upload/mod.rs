@@ -24,6 +24,7 @@ use crate::cluster::transfer::Transfers;
 use crate::cluster::wire::{FinishHeader, Plan, RemoteError};
 use crate::raft::{RaftError, RaftNode};
 use crate::store::FsStore;
+pub use replicate::Check;
 use session::{ChunkInfo, Finish, UploadSession, Write};
 use writer::Body;
 
@@ -326,11 +327,13 @@ impl Uploads {
         body: Body,
     ) -> Result<u64, UploadError> {
         let tmp = self.ctx.store.temp_path();
-        self.put_whole_via(repo, digest, content_length, body, tmp).await
+        self.put_whole_via(repo, digest, content_length, body, tmp, Check::Here)
+            .await
     }
 
-    /// [`Uploads::put_whole`], written first to `tmp` (a [`FsStore::temp_path`]), which
-    /// others may read while it grows: the pull-through cache's other pulls of the blob.
+    /// [`Uploads::put_whole`], written first to `tmp` (a [`FsStore::temp_path`]), which others
+    /// may read while it grows, and checked as `check` says: the pull-through cache's fetch of
+    /// a blob, whose body was verified on its way.
     pub async fn put_whole_via(
         &self,
         repo: RepoName,
@@ -338,8 +341,9 @@ impl Uploads {
         content_length: Option<u64>,
         body: Body,
         tmp: std::path::PathBuf,
+        check: Check,
     ) -> Result<u64, UploadError> {
-        let stored = replicate::put_blob(&self.ctx, &digest, content_length, body, tmp).await?;
+        let stored = replicate::put_blob(&self.ctx, &digest, content_length, body, tmp, check).await?;
         let size = stored.size;
         let cmd = Command::CommitBlob {
             repo,

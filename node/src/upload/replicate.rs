@@ -106,14 +106,28 @@ pub struct Stored {
     pub leaves: Vec<ipcr_proto::cid::Leaf>,
 }
 
-/// Write a whole blob (a monolithic push) to the temporary file `tmp` here, check its digest,
-/// store it, and have enough replicas store verified copies.
+/// Who checks a whole blob's bytes against its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// This node, hashing them as it writes them (a client's push).
+    Here,
+    /// Whoever produced the body: a stream that ends in an error rather than yield its last
+    /// bytes unless they hash to the digest (the pull-through cache's verified fetch). Hashing
+    /// them again would double the CPU a cached pull costs. Only with a known length: a body
+    /// whose sender went away without an error ends early, and only the length tells.
+    Verified,
+}
+
+/// Write a whole blob (a monolithic push) to the temporary file `tmp` here, check its digest
+/// (unless `check` says its body was verified), store it, and have enough replicas store
+/// verified copies.
 pub async fn put_blob(
     ctx: &UploadContext,
     digest: &Digest,
     content_length: Option<u64>,
     body: Body,
     tmp: std::path::PathBuf,
+    check: Check,
 ) -> Result<Stored, UploadError> {
     let copies = ctx.peers.copies();
     let peers = ctx.peers.ranked(&digest.to_string());
@@ -125,11 +139,17 @@ pub async fn put_blob(
         Some((peer, (tx, ack))) => (Some(tx), Some((peer, ack))),
         None => (None, None),
     };
-    let (store, path, check) = (ctx.store.clone(), tmp.clone(), digest.clone());
-    let hashes = Hashes::new(
-        ResumableHasher::new(check.algorithm()),
-        ctx.cid_links.map(LeafHasher::new),
-    );
+    let (store, path, expected) = (ctx.store.clone(), tmp.clone(), digest.clone());
+    let leaves = ctx.cid_links.map(LeafHasher::new);
+    let check = if content_length.is_some() {
+        check
+    } else {
+        Check::Here
+    };
+    let hashes = match check {
+        Check::Here => Hashes::new(ResumableHasher::new(expected.algorithm()), leaves),
+        Check::Verified => Hashes::verified(leaves),
+    };
     let stored = blocking(move || {
         let (hashes, size) = writer::write(
             path.clone(),
@@ -140,11 +160,13 @@ pub async fn put_blob(
             tee_tx,
             Mode::Append,
         )?;
-        let actual = hashes.content.digest();
-        if actual != check {
-            return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
+        if check == Check::Here {
+            let actual = hashes.content.digest();
+            if actual != expected {
+                return Err(UploadError::DigestInvalid(format!("content hashes to {actual}")));
+            }
         }
-        store.commit(&path, &check)?;
+        store.commit(&path, &expected)?;
         let (cid, leaves) = match hashes.leaves {
             Some(l) => {
                 let links = l.max_links();

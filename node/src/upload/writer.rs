@@ -176,6 +176,15 @@ impl Hashes {
         }
     }
 
+    /// The CID's leaves (with `leaves`) and the CRC-32, not the content hash: for a body
+    /// already verified against its digest on its way here (the pull-through cache's fetch).
+    pub fn verified(leaves: Option<LeafHasher>) -> Hashes {
+        Hashes {
+            leaves,
+            ..Hashes::crc_only()
+        }
+    }
+
     /// The CRC-32 alone: a replica's copy of a chunk the primary hashed. The primary computes
     /// the same CRC over the same bytes; equal CRCs make the primary's SHA-256 midstate valid
     /// for the replica's bytes, without a second SHA-256 over them (the design's "never
