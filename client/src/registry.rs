@@ -229,14 +229,16 @@ impl Registry {
 
     /// A registry at `url` (`https://host[:port]`), not contacted until the first request:
     /// how it authenticates is learnt from its first challenge. For a long-lived client (the
-    /// pull-through cache) whose upstream may be down when it starts. Plain `http://` is
-    /// allowed for loopback hosts, or when `access.tls_verify` is off.
+    /// pull-through cache) whose upstream may be down when it starts. The scheme must be
+    /// given, and is used as given: an operator's `http://` in a configuration is a choice
+    /// (distribution's `proxy.remoteurl` takes it too), not a fallback.
     pub fn lazy(url: &str, access: Access) -> Result<Registry, Error> {
         let addr = RegistryAddr::parse(url).map_err(|e| Error::Setup(format!("{url}: {e}")))?;
-        if addr.scheme.is_none() {
-            return Err(Error::Setup(format!("{url}: give the scheme, https://")));
-        }
-        let scheme = schemes(&addr, access.tls_verify)?[0];
+        let scheme = match addr.scheme {
+            Some(Scheme::Https) => "https",
+            Some(Scheme::Http) => "http",
+            None => return Err(Error::Setup(format!("{url}: give the scheme, https://"))),
+        };
         Registry::at(
             &addr,
             scheme,

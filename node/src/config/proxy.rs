@@ -48,7 +48,7 @@ pub struct UpstreamConfig {
     /// The repositories `prefix/<name>` are caches of `<name>` at `remoteurl` (Docker Hub's
     /// one-component names get `library/`, as the docker CLI adds it).
     pub prefix: String,
-    /// The registry, `https://host[:port]` (`http://` only for loopback hosts).
+    /// The registry, `https://host[:port]` (or `http://`, used as given).
     pub remoteurl: String,
     /// Its user (anonymous when empty).
     pub username: String,
@@ -123,7 +123,7 @@ mod tests {
 
     #[test]
     fn distributions_keys_and_upstreams_by_prefix() {
-        let yaml = "proxy:\n  remoteurl: https://registry-1.docker.io\n  username: u\n  password: p\n  ttl: 1h\n  upstreams:\n    - prefix: ghcr\n      remoteurl: https://ghcr.io\n    - prefix: quay/team\n      remoteurl: https://quay.io\n      ttl: 10s\n";
+        let yaml = "proxy:\n  remoteurl: https://registry-1.docker.io\n  username: u\n  password: p\n  ttl: 1h\n  upstreams:\n    - prefix: ghcr\n      remoteurl: https://ghcr.io\n    - prefix: mirror/team\n      remoteurl: http://10.0.0.5:5000\n      ttl: 10s\n";
         let c = Config::from_yaml(yaml, std::iter::empty()).unwrap();
         let all = c.proxy.upstreams();
         let view: Vec<_> = all
@@ -139,7 +139,8 @@ mod tests {
         assert_eq!(
             view,
             vec![
-                ("quay/team", "https://quay.io", 10),
+                // An explicit plain-HTTP upstream (a mirror inside the network) is taken.
+                ("mirror/team", "http://10.0.0.5:5000", 10),
                 ("ghcr", "https://ghcr.io", 3600),
                 ("", "https://registry-1.docker.io", 3600),
             ]
@@ -172,7 +173,6 @@ mod tests {
     fn bad_upstreams_are_refused_naming_the_key() {
         for (yaml, says) in [
             ("proxy:\n  remoteurl: registry-1.docker.io\n", "proxy.remoteurl"),
-            ("proxy:\n  remoteurl: http://example.com\n", "plain HTTP"),
             (
                 "proxy:\n  remoteurl: https://a.io\n  username: u\n",
                 "both username and password",

@@ -96,6 +96,13 @@ impl Proxy {
                 retry: cache_retry(),
                 ..Access::default()
             };
+            if u.remoteurl.starts_with("http://") {
+                tracing::warn!(
+                    prefix = %u.prefix,
+                    remoteurl = %u.remoteurl,
+                    "a cache's upstream speaks plain HTTP: digests still check its blobs, not its tags"
+                );
+            }
             upstreams.push(Arc::new(Upstream {
                 prefix: u.prefix,
                 remote: ipcr_client::Registry::lazy(&u.remoteurl, access)?,
