@@ -19,7 +19,7 @@
 //! [`NetLab`] removes its links and namespaces when dropped, on failure too; [`NsNode`] is a
 //! [`Process`] like [`crate::Node`]: killed when dropped, its log printed when the test fails. [`NsCluster`] drops its nodes before its lab. Needs root, `ip` (iproute2)
 //! and `iptables`; [`require_netns`] skips the test locally, and fails it under `CI=true`.
-//! Only the test binaries under `tests/` call this module.
+//! Only the test binaries under `tests/` and the benchmarks call this module.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -194,6 +194,19 @@ impl NetLab {
                 ],
             );
         }
+    }
+
+    /// Limit what node `i`'s namespace sends to `rate` (tc's units: `1gbit`, `200mbit`) with a
+    /// token bucket: a registry at the far end of a link, for benchmarks.
+    pub fn limit_egress(&self, i: usize, rate: &str) {
+        let ns = self.namespace(i);
+        must(
+            "ip",
+            &[
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
+                "burst", "1mb", "latency", "50ms",
+            ],
+        );
     }
 
     /// Undo [`NetLab::isolate`] (the namespace is ours: its rules are only the partition's).

@@ -346,6 +346,9 @@ enum Auth {
 pub struct Upstream {
     process: Process,
     bin: PathBuf,
+    /// The network namespace it runs in (`None`: this one) and the address it binds there.
+    netns: Option<String>,
+    ip: String,
     port: u16,
     auth: Auth,
     secret: String,
@@ -357,6 +360,20 @@ impl Upstream {
     pub fn open() -> Option<Upstream> {
         let bin = require_tool("docker-registry")?;
         Some(Upstream::start("open", bin, |_| Auth::Open))
+    }
+
+    /// An open upstream in network namespace `netns`, bound to its address `ip` there (a
+    /// namespace of a [`crate::netns::NetLab`]: a registry across a link of its own), or
+    /// `None` when `docker-registry` is missing.
+    pub fn open_in(netns: &str, ip: &str) -> Option<Upstream> {
+        let bin = require_tool("docker-registry")?;
+        Some(Upstream::start_at(
+            "open",
+            bin,
+            Some(netns.to_string()),
+            ip.to_string(),
+            |_| Auth::Open,
+        ))
     }
 
     /// An upstream behind `auth.htpasswd` with `users` (`(name, password)`, bcrypt by the
@@ -386,6 +403,16 @@ impl Upstream {
     }
 
     fn start(name: &str, bin: PathBuf, auth: impl FnOnce(&Path) -> Auth) -> Upstream {
+        Upstream::start_at(name, bin, None, "127.0.0.1".to_string(), auth)
+    }
+
+    fn start_at(
+        name: &str,
+        bin: PathBuf,
+        netns: Option<String>,
+        ip: String,
+        auth: impl FnOnce(&Path) -> Auth,
+    ) -> Upstream {
         let process = Process::new(name, "ipcr-upstream-");
         let auth = auth(process.root());
         let nanos = SystemTime::now()
@@ -395,6 +422,8 @@ impl Upstream {
         let mut up = Upstream {
             process,
             bin,
+            netns,
+            ip,
             port: free_port(),
             auth,
             secret: format!("cluster-tests-{nanos:x}"),
@@ -441,9 +470,9 @@ impl Upstream {
             ),
         };
         format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{}\n  secret: {}\n{auth}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {}\n  secret: {}\n{auth}",
             self.process.data_dir().display(),
-            self.port,
+            self.host(),
             self.secret,
         )
     }
@@ -452,7 +481,15 @@ impl Upstream {
     fn spawn(&mut self) {
         self.process.ensure_stopped();
         std::fs::write(self.config_path(), self.config()).expect("writing the upstream config");
-        let mut cmd = std::process::Command::new(&self.bin);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the program: the child is distribution itself.
+                let mut cmd = std::process::Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(&self.bin);
+                cmd
+            }
+            None => std::process::Command::new(&self.bin),
+        };
         cmd.arg("serve").arg(self.config_path());
         let place = format!("on {}", self.host());
         self.process.spawn(cmd, &place);
@@ -492,14 +529,15 @@ impl Upstream {
         assert!(ready, "{} exited before answering /v2/", self.process.name());
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://IP:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.host())
     }
 
-    /// `127.0.0.1:PORT`, as image references name it.
+    /// `IP:PORT` (`127.0.0.1:PORT` unless started in a namespace), as image references name
+    /// it.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// Its storage root (`storage.filesystem.rootdirectory`).

@@ -28,7 +28,10 @@
 //! first is the one the goal is checked with, and the halves' concurrency),
 //! `--pull-layer-mib N` (100: three layers), `--only migrate|pull`, `--no-halves`,
 //! `--recompressing-skopeo` (also `skopeo sync` without `--preserve-digests`: a copy that fails
-//! the check, for the record). `IPCR_NODE_BIN` picks the `ipcr-node` (nodes and migrate).
+//! the check, for the record), `--upstream-link RATE` (distribution runs in a network
+//! namespace of its own, reached over a veth link whose sending side tc's token bucket holds to
+//! RATE, `1gbit` say: a registry across a network, as Docker Hub is, rather than one on
+//! loopback serving from the page cache; needs root). `IPCR_NODE_BIN` picks the `ipcr-node` (nodes and migrate).
 //! Everything (source, tools, destination) shares the machine's cores and disk; the CPU
 //! seconds each process spent during a copy are reported beside its time.
 
@@ -43,6 +46,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cluster_tests::Node;
 use cluster_tests::bench::{median, push_file};
 use cluster_tests::client::http_client as http;
+use cluster_tests::netns::NetLab;
 use cluster_tests::seed::{Seeded, Seeder};
 use cluster_tests::tools::{find_on_path, run};
 use cluster_tests::upstream::Upstream;
@@ -722,13 +726,18 @@ fn pull_round(round: usize, upstream: &Upstream, seeded: &Seeded) -> Result<Pull
     })
 }
 
-fn print_pull(rounds: &[PullRound], seeded: &Seeded, layer_mib: usize) {
+fn print_pull(rounds: &[PullRound], seeded: &Seeded, layer_mib: usize, link: &str) {
     let bytes = seeded.total_bytes();
     let layers = seeded.blobs.len() - 1;
     println!(
         "\n### Pull-through cache: one tag of {layers} layers of {layer_mib} MiB ({:.0} MB), \
-         curl (manifest, then every blob at once)\n",
-        bytes as f64 / 1e6
+         curl (manifest, then every blob at once), upstream {}\n",
+        bytes as f64 / 1e6,
+        if link.is_empty() {
+            "on loopback".to_string()
+        } else {
+            format!("behind a {link} link")
+        }
     );
     println!("| pull | runs (s) | median (s) | MB/s |\n|---|---|---|---|");
     let row = |name: &str, f: fn(&PullRound) -> f64| {
@@ -803,7 +812,24 @@ fn main() -> Result<()> {
         load_average()
     );
 
-    let upstream = Upstream::open().context("distribution 2.8.2 (docker-registry)")?;
+    let link: String = arg("--upstream-link", String::new())?;
+    // Declared before the upstream, so dropped after it.
+    let lab = (!link.is_empty()).then(|| {
+        let lab = NetLab::create(1);
+        lab.limit_egress(0, &link);
+        lab
+    });
+    let upstream = match &lab {
+        Some(lab) => Upstream::open_in(lab.namespace(0), &lab.ip(0)),
+        None => Upstream::open(),
+    }
+    .context("distribution 2.8.2 (docker-registry)")?;
+    if !link.is_empty() {
+        eprintln!(
+            "distribution at {}, sending through a {link} link",
+            upstream.host()
+        );
+    }
     let seeder = Seeder::new(&skopeo, &upstream, None);
     let mut app = Seeded::new(REPO);
     let mut image = Seeded::new(PULL_REPO);
@@ -855,7 +881,7 @@ fn main() -> Result<()> {
         print_migration(results, &app, layer_mib);
     }
     if !rounds.is_empty() {
-        print_pull(&rounds, &image, pull_layer_mib);
+        print_pull(&rounds, &image, pull_layer_mib, &link);
     }
     println!("\nLoad average at the end: {}", load_average());
     Ok(())
