@@ -128,6 +128,15 @@ impl Health {
             .collect()
     }
 
+    /// Every check, as `(check name, healthy)`.
+    pub fn checks(&self) -> Vec<(String, bool)> {
+        let c = self.inner.lock().expect("health lock");
+        std::iter::once(&c.disk)
+            .chain(c.backend.as_ref())
+            .map(|check| (check.name.clone(), check.problem().is_none()))
+            .collect()
+    }
+
     /// The disk's problem, if it is unhealthy: the node cannot take writes. An unhealthy
     /// IPFS backend does not count; blobs wait on the disks until it is back.
     pub fn disk_problem(&self) -> Option<(String, String)> {

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod raft;
 pub mod registry;

@@ -210,6 +210,7 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
         proxy: proxy.clone(),
     });
     let settings = HttpSettings::from_config(&config);
+    let http_metrics = settings.metrics.clone();
     let addr = config.http.socket_addr().map_err(io::Error::other)?;
     let mut server = HttpServer::new(move || api::app(state.clone(), settings.clone()))
         // A write buffer the size of one blob read lets actix reuse it for every chunk of a
@@ -298,9 +299,44 @@ pub async fn run(config: Config, raft_rt: Handle) -> io::Result<()> {
     if let Some(target) = config.cluster.join.clone() {
         spawn_join(&parts, target);
     }
+    let debug = match config.http.debug.socket_addr().map_err(io::Error::other)? {
+        Some(debug_addr) => {
+            let mut collectors = parts.raft.raft_metrics().collectors();
+            collectors.extend(repair.collectors());
+            if let Some(b) = parts.registry.backend() {
+                collectors.extend(b.metrics().collectors());
+            }
+            if let Some(m) = &http_metrics {
+                collectors.extend(m.collectors());
+            }
+            let exporter = web::Data::new(crate::metrics::Exporter::new(
+                parts.registry.clone(),
+                parts.health.clone(),
+                collectors,
+            ));
+            let path = config
+                .http
+                .debug
+                .metrics()
+                .then(|| config.http.debug.prometheus.path.clone());
+            let server = HttpServer::new(move || api::metrics::debug_app(exporter.clone(), path.clone()))
+                .workers(1)
+                .disable_signals()
+                .bind(debug_addr)?
+                .run();
+            tracing::info!(addr = %debug_addr, metrics = config.http.debug.metrics(), "debug listener");
+            let handle = server.handle();
+            Some((handle, actix_web::rt::spawn(server)))
+        }
+        None => None,
+    };
     let cluster_handle = cluster_server.handle();
     let cluster_task = actix_web::rt::spawn(cluster_server);
     let result = server.await;
+    if let Some((handle, task)) = debug {
+        handle.stop(true).await;
+        let _ = task.await;
+    }
     cluster_handle.stop(true).await;
     let _ = cluster_task.await;
     parts.raft.shutdown().await;

@@ -87,6 +87,9 @@ pub async fn token(
     body: web::Bytes,
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(record) = actix_web::HttpMessage::extensions(&req).get::<super::metrics::Recorder>() {
+        record.set("token");
+    }
     let Some(auth) = &state.auth else {
         return Err(ApiError::not_found());
     };

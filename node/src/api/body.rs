@@ -41,6 +41,8 @@ pub struct RequestBody {
     /// When the last item was handed to the server, which then took its time to ask again.
     handed: Option<tokio::time::Instant>,
     done: bool,
+    /// The request's metrics record, which counts the bytes read.
+    record: Option<super::metrics::Recorder>,
 }
 
 impl RequestBody {
@@ -54,7 +56,14 @@ impl RequestBody {
             since: 0,
             handed: None,
             done: false,
+            record: None,
         }
+    }
+
+    /// Count the bytes read in `record` (metrics are on).
+    pub fn counted(mut self, record: Option<super::metrics::Recorder>) -> RequestBody {
+        self.record = record;
+        self
     }
 }
 
@@ -74,6 +83,9 @@ impl futures::Stream for RequestBody {
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(bytes))) => {
+                if let Some(r) = &this.record {
+                    r.received(bytes.len());
+                }
                 this.handed = Some(now);
                 this.since += bytes.len();
                 if this.since >= BODY_PROGRESS {

@@ -9,6 +9,7 @@ pub mod access;
 pub mod body;
 pub mod cluster;
 pub mod error;
+pub mod metrics;
 pub mod router;
 
 pub mod blobs;
@@ -23,7 +24,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{DefaultHeaders, Next, from_fn};
-use actix_web::{App, HttpRequest, HttpResponse, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use tracing::Instrument;
 
 use crate::health::Health;
@@ -52,6 +53,8 @@ pub struct HttpSettings {
     pub headers: Vec<(String, String)>,
     /// Log one line per request.
     pub access_log: bool,
+    /// Requests' metrics (`http.debug.prometheus.enabled`); `None`: nothing is recorded.
+    pub metrics: Option<metrics::HttpMetrics>,
 }
 
 impl HttpSettings {
@@ -65,6 +68,7 @@ impl HttpSettings {
                 .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
                 .collect(),
             access_log: !config.log.accesslog.disabled,
+            metrics: config.http.debug.metrics().then(metrics::HttpMetrics::new),
         }
     }
 }
@@ -84,9 +88,12 @@ pub fn app(
     >,
 > {
     let access_log = settings.access_log;
+    let metrics = settings.metrics.clone();
     App::new()
         .wrap(default_headers(&settings))
-        .wrap(from_fn(move |req, next| request_span(access_log, req, next)))
+        .wrap(from_fn(move |req, next| {
+            request_span(access_log, metrics.clone(), req, next)
+        }))
         .configure(|cfg| configure(cfg, state))
 }
 
@@ -115,9 +122,10 @@ pub fn default_headers(settings: &HttpSettings) -> DefaultHeaders {
 
 /// A span per request, with an id that every response carries in [`error::REQUEST_ID_HEADER`]
 /// (so a client's report can be matched with the log); the error's details, logged in the span;
-/// and an access log line unless disabled.
+/// an access log line unless disabled; and the request's metrics when they are on.
 pub async fn request_span(
     access_log: bool,
+    metrics: Option<metrics::HttpMetrics>,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
@@ -125,6 +133,15 @@ pub async fn request_span(
     let is_probe = matches!(req.path(), "/ready" | "/debug/health");
     let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
     let started = Instant::now();
+    let record = metrics.as_ref().map(|_| {
+        let record = metrics::Recorder::default();
+        req.extensions_mut().insert(record.clone());
+        (
+            record,
+            metrics::method_label(req.method()),
+            req.path().to_string(),
+        )
+    });
     // Handlers' and extractors' errors arrive as responses (actix turns them into one, keeping
     // the error); only a failure of actix itself arrives as `Err`, with no response to mark.
     let mut res = match next.call(req).instrument(span.clone()).await {
@@ -138,6 +155,20 @@ pub async fn request_span(
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(HeaderName::from_static(error::REQUEST_ID_HEADER), v);
+    }
+    if let (Some(m), Some((record, method, path))) = (&metrics, &record) {
+        let sent = match res.response().body().size() {
+            actix_web::body::BodySize::Sized(n) => n,
+            _ => 0,
+        };
+        m.record(
+            record.operation(path),
+            method,
+            res.status().as_u16(),
+            started.elapsed(),
+            record.received_bytes(),
+            sent,
+        );
     }
     let _enter = span.enter();
     if let Some(e) = res.response().error() {
@@ -192,11 +223,15 @@ pub async fn dispatch(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut endpoint = router::route(req.method(), req.path(), req.query_string())?;
+    let record = req.extensions().get::<metrics::Recorder>().cloned();
+    if let Some(r) = &record {
+        r.set(metrics::operation(&endpoint));
+    }
     let caller = match &state.auth {
         Some(auth) => Some((auth, access::check(&req, auth, &mut endpoint).await?)),
         None => None,
     };
-    let payload = body::RequestBody::new(payload, state.body_timeout);
+    let payload = body::RequestBody::new(payload, state.body_timeout).counted(record);
     let reg = &state.registry;
     let proxy = state.proxy.as_deref();
     refuse_writes_to_caches(&endpoint, proxy)?;

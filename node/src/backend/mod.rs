@@ -97,6 +97,54 @@ pub struct Backend {
     gateway: Option<String>,
     client: reqwest::Client,
     runtime: Handle,
+    metrics: BackendMetrics,
+}
+
+/// The uploads to the backend: how long they took and how many bytes they carried, by result.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    duration: prometheus::HistogramVec,
+    bytes: prometheus::IntCounterVec,
+}
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        let buckets = prometheus::exponential_buckets(0.05, 2.0, 14).expect("valid buckets");
+        BackendMetrics {
+            duration: prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(
+                    "ipcr_ipfs_upload_duration_seconds",
+                    "Time to upload a blob to the IPFS backend until it confirmed the CID, by result.",
+                )
+                .buckets(buckets),
+                &["result"],
+            )
+            .expect("a valid metric"),
+            bytes: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "ipcr_ipfs_uploaded_bytes_total",
+                    "Bytes of blobs uploaded to the IPFS backend, by result.",
+                ),
+                &["result"],
+            )
+            .expect("a valid metric"),
+        }
+    }
+}
+
+impl BackendMetrics {
+    /// Everything to export.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.duration.clone()), Box::new(self.bytes.clone())]
+    }
+
+    fn uploaded(&self, ok: bool, took: Duration, size: u64) {
+        let result = if ok { "ok" } else { "failed" };
+        self.duration
+            .with_label_values(&[result])
+            .observe(took.as_secs_f64());
+        self.bytes.with_label_values(&[result]).inc_by(size);
+    }
 }
 
 /// Estuary's answer to `POST /content/add`.
@@ -177,6 +225,7 @@ impl Backend {
                 gateway,
                 client,
                 runtime,
+                metrics: BackendMetrics::default(),
             });
         }
         storage.ipfs.as_ref().map(|i| Backend {
@@ -185,6 +234,7 @@ impl Backend {
             gateway: i.gateway.as_deref().map(|g| format!("{}/ipfs", trim(g))),
             client,
             runtime,
+            metrics: BackendMetrics::default(),
         })
     }
 
@@ -220,6 +270,24 @@ impl Backend {
     /// Upload the `size` bytes of the file at `path`, named `name`, streamed; answers once
     /// the backend confirmed exactly `expected` as its CID.
     pub async fn add(
+        &self,
+        path: PathBuf,
+        size: u64,
+        name: String,
+        expected: String,
+    ) -> Result<(), BackendError> {
+        let started = std::time::Instant::now();
+        let added = self.upload(path, size, name, expected).await;
+        self.metrics.uploaded(added.is_ok(), started.elapsed(), size);
+        added
+    }
+
+    /// This backend's upload metrics.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
+    }
+
+    async fn upload(
         &self,
         path: PathBuf,
         size: u64,

@@ -95,6 +95,8 @@ pub struct Repair {
     peers: Peers,
     transfers: Transfers,
     store: FsStore,
+    /// Copies made for under-replicated blobs, by result.
+    copies: prometheus::IntCounterVec,
 }
 
 impl Repair {
@@ -104,7 +106,20 @@ impl Repair {
             peers,
             transfers,
             store,
+            copies: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "ipcr_repair_copies_total",
+                    "Copies of under-replicated blobs this node's repair made or failed to make, by result.",
+                ),
+                &["result"],
+            )
+            .expect("a valid metric"),
         }
+    }
+
+    /// Everything to export.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.copies.clone())]
     }
 
     fn voters_except(&self, leaving: Option<NodeId>) -> Vec<(NodeId, String)> {
@@ -194,9 +209,11 @@ impl Repair {
                 match self.copy_once(&digest, &record, &voters).await {
                     Ok(node) => {
                         made += 1;
+                        self.copies.with_label_values(&["ok"]).inc();
                         tracing::info!(%digest, node, "repaired an under-replicated blob");
                     }
                     Err(e) => {
+                        self.copies.with_label_values(&["failed"]).inc();
                         tracing::warn!(%digest, error = %e, "could not repair an under-replicated blob")
                     }
                 }

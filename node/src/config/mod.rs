@@ -226,6 +226,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.http.socket_addr()?;
         self.http.validate_tls()?;
+        self.http.validate_debug()?;
         self.cluster.validate_tls()?;
         self.auth
             .validate()
@@ -369,6 +370,42 @@ health:
         assert!(!c.storage.delete.enabled);
         assert!(c.storage.maintenance.uploadpurging.enabled);
         assert_eq!(c.http.workers, None);
+    }
+
+    #[test]
+    fn debug_listener_keys_are_distributions() {
+        let off = Config::from_yaml("", no_env()).unwrap();
+        assert!(!off.http.debug.metrics());
+        assert_eq!(off.http.debug.socket_addr().unwrap(), None);
+        assert_eq!(off.http.debug.prometheus.path, "/metrics");
+        let yaml = "http:\n  debug:\n    addr: 127.0.0.1:5007\n    prometheus:\n      enabled: true\n      path: /m\n";
+        let c = Config::from_yaml(yaml, no_env()).unwrap();
+        assert!(c.http.debug.metrics());
+        assert_eq!(c.http.debug.socket_addr().unwrap().unwrap().port(), 5007);
+        assert_eq!(c.http.debug.prometheus.path, "/m");
+        let env = [
+            ("REGISTRY_HTTP_DEBUG_ADDR", ":5008"),
+            ("REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED", "true"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::from_yaml("", env).unwrap();
+        assert!(c.http.debug.metrics());
+        assert_eq!(c.http.debug.socket_addr().unwrap().unwrap().port(), 5008);
+        for (yaml, says) in [
+            (
+                "http:\n  debug:\n    prometheus:\n      enabled: true\n",
+                "needs http.debug.addr",
+            ),
+            ("http:\n  debug:\n    addr: nowhere\n", "http.debug.addr"),
+            (
+                "http:\n  debug:\n    addr: :5007\n    prometheus:\n      path: metrics\n",
+                "must start with /",
+            ),
+            ("http:\n  debug:\n    pprof: {}\n", "pprof"),
+        ] {
+            let e = Config::from_yaml(yaml, no_env()).unwrap_err().to_string();
+            assert!(e.contains(says), "{yaml:?}: {e}");
+        }
     }
 
     #[test]

@@ -339,6 +339,68 @@ pub struct HttpConfig {
     pub bodytimeout: GoDuration,
     /// TLS on the registry port (on when `certificate` is set).
     pub tls: TlsConfig,
+    /// The operators' listener: Prometheus metrics.
+    pub debug: DebugConfig,
+}
+
+/// `http.debug:` (distribution's keys): a second, plain-HTTP listener for operators.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Listen address, Go style (`:5007`, `127.0.0.1:5007`); empty: no debug listener.
+    pub addr: String,
+    /// Metrics in Prometheus' text format.
+    pub prometheus: PrometheusConfig,
+}
+
+/// `http.debug.prometheus:`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Serve the metrics (and record them: off, nothing is counted).
+    pub enabled: bool,
+    /// Where on the debug listener.
+    pub path: String,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: false,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+impl DebugConfig {
+    /// The debug listener's address, when one is configured.
+    pub fn socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.addr.is_empty() {
+            return Ok(None);
+        }
+        socket_addr("http.debug.addr", &self.addr).map(Some)
+    }
+
+    /// Whether metrics are recorded and served.
+    pub fn metrics(&self) -> bool {
+        self.prometheus.enabled && !self.addr.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_addr()?;
+        if self.prometheus.enabled && self.addr.is_empty() {
+            return Err(ConfigError::Invalid(
+                "http.debug.prometheus.enabled needs http.debug.addr: metrics are served there".into(),
+            ));
+        }
+        if !self.prometheus.path.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "http.debug.prometheus.path `{}` must start with /",
+                self.prometheus.path
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `http.tls:` (distribution's keys).
@@ -426,6 +488,7 @@ impl Default for HttpConfig {
             draintimeout: GoDuration(Duration::from_secs(30)),
             bodytimeout: GoDuration(Duration::from_secs(30)),
             tls: TlsConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -450,6 +513,11 @@ impl HttpConfig {
     /// Check the TLS keys.
     pub fn validate_tls(&self) -> Result<(), ConfigError> {
         self.tls.validate()
+    }
+
+    /// Check `http.debug`.
+    pub fn validate_debug(&self) -> Result<(), ConfigError> {
+        self.debug.validate()
     }
 }
 

@@ -10,6 +10,7 @@ mod apply;
 mod fetch_tests;
 pub mod log_store;
 pub mod membership;
+pub mod metrics;
 pub mod network;
 pub mod node;
 mod read;

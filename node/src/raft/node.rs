@@ -123,6 +123,7 @@ pub struct RaftNode {
     runtime: Handle,
     client: ClusterClient,
     snapshot_dir: PathBuf,
+    metrics: super::metrics::RaftMetrics,
 }
 
 /// How this node enters a cluster when it has no Raft state yet.
@@ -197,6 +198,7 @@ impl RaftNode {
             runtime,
             client,
             snapshot_dir: snap_dir,
+            metrics: Default::default(),
         };
         let initialized = node
             .raft
@@ -204,6 +206,8 @@ impl RaftNode {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         node.runtime.spawn(compact(node.clone(), snapshot_every));
+        node.runtime
+            .spawn(super::metrics::count_leader_changes(node.clone()));
         if !initialized && bootstrap == Bootstrap::Alone {
             let members = BTreeMap::from([(id, BasicNode { addr: advertise })]);
             node.raft
@@ -264,6 +268,11 @@ impl RaftNode {
         &self.reader
     }
 
+    /// This member's proposal and leader-change counters.
+    pub fn raft_metrics(&self) -> &super::metrics::RaftMetrics {
+        &self.metrics
+    }
+
     /// Current Raft metrics (role, term, indexes, membership).
     pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
         self.raft.metrics().borrow_watched().clone()
@@ -301,7 +310,13 @@ impl RaftNode {
     /// command is forwarded to the leader; commands are idempotent, so a retry after a lost
     /// answer is safe.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, RaftError> {
-        let deadline = Instant::now() + self.write_timeout;
+        let started = Instant::now();
+        let result = self.propose_until(cmd, started + self.write_timeout).await;
+        self.metrics.proposed(result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn propose_until(&self, cmd: Command, deadline: Instant) -> Result<CommandResult, RaftError> {
         let mut last_error = String::from("no leader");
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use ipcr_proto::admin::{IpfsStatus, PinFailure};
 use ipcr_proto::gc::{GcReport, GcRun, GcStatus};
 use ipcr_proto::manifest::Descriptor;
-use ipcr_proto::{BlobRecord, Digest, IpfsRecord, ManifestRecord, PinState, RepoName, UploadRecord};
+use ipcr_proto::{BlobRecord, Digest, IpfsRecord, ManifestRecord, NodeId, PinState, RepoName, UploadRecord};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     TableHandle,
@@ -136,6 +136,19 @@ pub struct Page {
     pub items: Vec<String>,
     /// Whether at least one more name follows the last one.
     pub more: bool,
+}
+
+/// What the blob index says of the blobs ([`StateReader::blob_census`]).
+#[derive(Clone, Debug, Default)]
+pub struct BlobCensus {
+    /// Blobs held by fewer nodes than wanted, not counting those pinned on IPFS.
+    pub under_replicated: u64,
+    /// The IPFS backend's counts.
+    pub ipfs: IpfsStatus,
+    /// Blobs the node asked about holds.
+    pub held: u64,
+    /// Their bytes.
+    pub held_bytes: u64,
 }
 
 /// Read access to the applied state. Cheap to clone.
@@ -406,15 +419,27 @@ impl StateReader {
         Ok(out)
     }
 
-    /// One pass over the blob index: the number of under-replicated blobs (blobs pinned on
-    /// IPFS need no disk copies) and the IPFS backend's progress (with up to 10 failures).
+    /// Blobs held by fewer than `want` nodes (not counting those pinned on IPFS), and the
+    /// IPFS backend's counts: [`StateReader::blob_census`] without a node.
     pub fn blob_health(&self, want: usize) -> Result<(u64, IpfsStatus), StateError> {
+        let c = self.blob_census(want, 0)?;
+        Ok((c.under_replicated, c.ipfs))
+    }
+
+    /// One pass over the blob index: what [`StateReader::blob_health`] answers, and the blobs
+    /// and bytes the index says `node` holds (metrics).
+    pub fn blob_census(&self, want: usize, node: NodeId) -> Result<BlobCensus, StateError> {
         let tx = self.tx()?;
         let t = tx.open_table(BLOBS).map_err(StateError::from)?;
         let (mut under, mut ipfs) = (0, IpfsStatus::default());
+        let (mut held, mut held_bytes) = (0, 0);
         for row in t.iter().map_err(StateError::from)? {
             let (k, v) = row.map_err(StateError::from)?;
             let b: BlobRecord = decode(v.value()).map_err(StateError::from)?;
+            if b.nodes.contains(&node) {
+                held += 1;
+                held_bytes += b.size;
+            }
             let pinned = b.ipfs.as_ref().is_some_and(|i| i.state == PinState::Pinned);
             // A blob being unpinned is linked nowhere: garbage, whatever its copies.
             let unlinked = b
@@ -454,7 +479,12 @@ impl StateReader {
                 }
             }
         }
-        Ok((under, ipfs))
+        Ok(BlobCensus {
+            under_replicated: under,
+            ipfs,
+            held,
+            held_bytes,
+        })
     }
 
     /// The last garbage collection and the one running.

@@ -360,6 +360,11 @@ impl Uploads {
         }
     }
 
+    /// Sessions with an actor on this node (those it served a request of lately).
+    pub fn actors(&self) -> usize {
+        self.ctx.sessions.lock().expect("sessions lock").len()
+    }
+
     /// Let the actors of sessions that no longer exist (finished or cancelled through another
     /// node, or purged) stop: the map holds their only address. Answers how many were dropped.
     pub fn sweep(&self) -> Result<usize, UploadError> {

@@ -177,7 +177,13 @@ impl Api {
     /// Initialise the test service of `node`, sending `authorization` with every request that
     /// has no `Authorization` header of its own.
     pub async fn new_as(node: &TestNode, authorization: Option<String>) -> Api {
-        let app = Rc::new(test::init_service(node.app()).await);
+        Api::with(node, authorization, HttpSettings::from_config(&node.config)).await
+    }
+
+    /// Initialise the test service of `node` with `settings` (the test keeps a handle on
+    /// their metrics).
+    pub async fn with(node: &TestNode, authorization: Option<String>, settings: HttpSettings) -> Api {
+        let app = Rc::new(test::init_service(ipcr_node::api::app(node.state.clone(), settings)).await);
         let call: Call = Box::new(move |req: TestRequest, streamed: bool| {
             let app = app.clone();
             let authorization = authorization.clone();
