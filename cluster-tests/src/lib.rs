@@ -33,6 +33,8 @@
 //!   bodies off on the requests the test picks, in front of a registry.
 //! - [`gc`]: `ipcr-node gc` runs and their reports, images whose layers overlap, and the check
 //!   that the nodes' disks hold exactly the live blobs.
+//! - [`prometheus`]: a real Prometheus scraping nodes' metrics with `deploy/alerts.yml`, read
+//!   through its query API, and `promtool`.
 //!
 //! Only the test binaries under `tests/` call this crate. Helpers that assert are `must_*`,
 //! helpers that wait are `wait_*`.
@@ -54,6 +56,7 @@ pub mod oci;
 pub mod peer;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod pushes;
 pub mod secure;
 pub mod seed;

@@ -20,6 +20,9 @@ pub struct Node {
     bin: PathBuf,
     port: u16,
     cluster_port: u16,
+    /// The debug listener's port, serving metrics, when the environment turns them on
+    /// (`REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED`).
+    debug_port: Option<u16>,
     extra_env: Vec<(String, String)>,
 }
 
@@ -36,6 +39,7 @@ impl Node {
             bin: node_binary(),
             port: free_port(),
             cluster_port: free_port(),
+            debug_port: metrics_asked(env).then(free_port),
             extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
@@ -64,6 +68,7 @@ impl Node {
                     }
                     self.port = free_port();
                     self.cluster_port = free_port();
+                    self.debug_port = self.debug_port.map(|_| free_port());
                     self.spawn();
                 }
             }
@@ -78,6 +83,12 @@ impl Node {
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:<debug port>`, where the node serves its metrics (`/metrics`), when its
+    /// environment turned them on.
+    pub fn metrics_host(&self) -> Option<String> {
+        self.debug_port.map(|p| format!("127.0.0.1:{p}"))
     }
 
     /// `http://127.0.0.1:<cluster port>`: the node's cluster port, as peers reach it.
@@ -123,13 +134,11 @@ impl Node {
     fn spawn(&mut self) {
         let mut cmd = Command::new(&self.bin);
         let cluster = format!("127.0.0.1:{}", self.cluster_port);
-        serve(
-            &mut cmd,
-            &self.host(),
-            &cluster,
-            &self.data_dir(),
-            &self.extra_env,
-        );
+        let mut env = self.extra_env.clone();
+        if let Some(port) = self.debug_port {
+            env.push(("REGISTRY_HTTP_DEBUG_ADDR".into(), format!("127.0.0.1:{port}")));
+        }
+        serve(&mut cmd, &self.host(), &cluster, &self.data_dir(), &env);
         let place = format!("on {}", self.host());
         self.process.spawn(cmd, &place);
     }
@@ -275,4 +284,10 @@ impl Node {
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.process.wait_exit(timeout)
     }
+}
+
+/// Whether `env` turns the node's metrics on.
+fn metrics_asked(env: &[(&str, &str)]) -> bool {
+    env.iter()
+        .any(|(k, v)| *k == "REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED" && *v == "true")
 }
