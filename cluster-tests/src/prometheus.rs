@@ -115,19 +115,8 @@ impl Prometheus {
 
     /// The result of the instant query `expr`; panics when the server refuses it.
     pub fn query(&self, expr: &str) -> Vec<Sample> {
-        let url = reqwest::Url::parse_with_params(
-            &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-            &[("query", expr)],
-        )
-        .expect("a query URL");
-        let resp = self
-            .http
-            .get(url)
-            .send()
-            .unwrap_or_else(|e| panic!("query {expr}: {e}"));
-        let answer: Answer = resp.json().unwrap_or_else(|e| panic!("query {expr}: {e}"));
-        assert_eq!(answer.status, "success", "query {expr}: {:?}", answer.error);
-        answer.data.map(|d| d.result).unwrap_or_default()
+        query_at(&self.http, &format!("http://127.0.0.1:{}", self.port), expr)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
     /// The single value `expr` answers, `None` for an empty result.
@@ -153,6 +142,21 @@ impl Prometheus {
     pub fn log(&self) -> String {
         self.process.log()
     }
+}
+
+/// The result of the instant query `expr` on the Prometheus at `base` (`http://host:port`).
+pub fn query_at(http: &reqwest::blocking::Client, base: &str, expr: &str) -> Result<Vec<Sample>, String> {
+    let url = reqwest::Url::parse_with_params(&format!("{base}/api/v1/query"), &[("query", expr)])
+        .map_err(|e| format!("query {expr}: {e}"))?;
+    let answer: Answer = http
+        .get(url)
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| format!("query {expr}: {e}"))?;
+    if answer.status != "success" {
+        return Err(format!("query {expr}: {:?}", answer.error));
+    }
+    Ok(answer.data.map(|d| d.result).unwrap_or_default())
 }
 
 /// `promtool check metrics` over `text` (a scrape): `Err` with what it said unless it passes

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use cluster_tests::clients::{DOCKER_TIMEOUT, pushed_digest};
 use cluster_tests::node::free_port;
+use cluster_tests::prometheus::query_at;
 use cluster_tests::tools::{
     Output, find_on_path, must_run, require, require_docker, require_static_busybox, run,
 };
@@ -57,6 +58,8 @@ struct Deployment {
     project: String,
     /// The balancer's port on 127.0.0.1.
     port: u16,
+    /// Prometheus' port on 127.0.0.1.
+    prometheus_port: u16,
     images: Vec<String>,
     started: Instant,
 }
@@ -71,6 +74,7 @@ impl Deployment {
             .env("IPCR_TAG", &self.project)
             .env("IPCR_BIND", "127.0.0.1")
             .env("IPCR_PORT", self.port.to_string())
+            .env("IPCR_PROMETHEUS_PORT", self.prometheus_port.to_string())
             .env("IPCR_CLUSTER_SECRET", SECRET);
         cmd
     }
@@ -90,7 +94,7 @@ impl Deployment {
 
     /// `deploy/build-images` with this project's tag.
     fn must_build_deployment_images(&mut self) {
-        for image in ["ipcr-node", "ipcr-haproxy"] {
+        for image in ["ipcr-node", "ipcr-haproxy", "ipcr-prometheus"] {
             self.images.push(format!("{image}:{}", self.project));
         }
         let script = workspace().join("deploy/build-images");
@@ -113,6 +117,36 @@ impl Deployment {
         must_run(cmd.args(["build", "-t", tag, context]), DOCKER_TIMEOUT);
         let id = self.must_docker(&["image", "inspect", "--format", "{{.Id}}", tag]);
         self.images.push(id.stdout_text().trim().to_string());
+    }
+
+    /// Wait until the compose file's Prometheus scrapes every node (its interval is 15 s) and
+    /// sees exactly one leader, with deploy/alerts.yml loaded.
+    fn wait_prometheus(&self) {
+        let http = cluster_tests::client::http_client();
+        let base = format!("http://127.0.0.1:{}", self.prometheus_port);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let up = query_at(&http, &base, r#"up{job="ipcr"} == 1"#);
+            let leaders = query_at(&http, &base, "sum(ipcr_raft_is_leader)");
+            match (up, leaders) {
+                (Ok(up), Ok(l)) if up.len() == 3 && l.first().map(|s| s.value()) == Some(1.0) => {
+                    let rules = http
+                        .get(format!("{base}/api/v1/rules"))
+                        .send()
+                        .and_then(|r| r.text())
+                        .unwrap_or_default();
+                    assert!(
+                        rules.contains("IPCRNodeDown"),
+                        "deploy/alerts.yml not loaded: {rules}"
+                    );
+                    return;
+                }
+                (up, l) => last = format!("up: {up:?}; leaders: {l:?}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("prometheus did not see three nodes up and one leader: {last}");
     }
 
     /// `service`'s view of the cluster, through `ipcr-node status` inside its container (the
@@ -283,6 +317,7 @@ fn compose_deployment_serves_docker_through_haproxy_and_survives_a_stopped_node(
         docker,
         project: format!("ipcrdeploy{}x{nanos}", std::process::id()),
         port: free_port(),
+        prometheus_port: free_port(),
         images: Vec::new(),
         started: Instant::now(),
     };
@@ -294,6 +329,8 @@ fn compose_deployment_serves_docker_through_haproxy_and_survives_a_stopped_node(
     d.wait_balancer();
     let formed = d.wait_cluster(&SERVICES, 3, None);
     d.step(&format!("3 voters, leader {:?}", formed.leader));
+    d.wait_prometheus();
+    d.step("prometheus scrapes 3 nodes and sees one leader");
 
     let repo = format!("127.0.0.1:{}/deploy/busybox", d.port);
     let (one, two) = (format!("{repo}:one"), format!("{repo}:two"));
