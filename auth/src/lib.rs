@@ -239,6 +239,16 @@ impl Auth {
         }
     }
 
+    /// Whether `id` may see how the cluster runs (members, addresses, the IPFS backend's
+    /// failures): an administrator (`auth.access.admins`; any user when there are no policies),
+    /// logged in as a user. Tokens name no administrator.
+    pub fn is_admin(&self, id: &Identity) -> bool {
+        match id {
+            Identity::User(u) => self.policies.is_admin(Who::User(u)),
+            _ => false,
+        }
+    }
+
     /// Whether `id` may do what a request needs; the refusal says how to answer.
     pub fn authorize(&self, id: &Identity, need: Need<'_>) -> Result<(), Refusal> {
         let ok = match (need, id) {

@@ -108,6 +108,16 @@ impl Policies {
         })
     }
 
+    /// Whether `who` is an administrator: a user in `auth.access.admins`, or any user when
+    /// there are no policies (users may then do everything).
+    pub fn is_admin(&self, who: Who<'_>) -> bool {
+        match (&self.rules, who) {
+            (None, Who::User(_)) => true,
+            (Some(rules), Who::User(u)) => rules.admins.contains(u),
+            _ => false,
+        }
+    }
+
     /// Whether `who` may list the catalog: any authenticated user (the list is filtered to
     /// what they may pull), not anonymous callers.
     pub fn may_list(&self, who: Who<'_>) -> bool {
@@ -146,6 +156,17 @@ mod tests {
             ],
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn administrators_are_the_listed_users_or_every_user_without_policies() {
+        let p = policies();
+        assert!(p.is_admin(Who::User("root")));
+        assert!(!p.is_admin(Who::User("bob")));
+        assert!(!p.is_admin(Who::Anonymous));
+        let open = Policies::new(None).unwrap();
+        assert!(open.is_admin(Who::User("anyone")));
+        assert!(!open.is_admin(Who::Anonymous));
     }
 
     #[test]

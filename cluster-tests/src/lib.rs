@@ -31,6 +31,7 @@
 //!   behind a token server of the test's), and content pushed into it by skopeo, recorded exactly.
 //! - [`faults`]: a reverse proxy in the test process that answers `429`/`503`, delays, or cuts
 //!   bodies off on the requests the test picks, in front of a registry.
+//! - [`browser`]: headless Chromium: a page's DOM after its scripts ran, and screenshots.
 //! - [`gc`]: `ipcr-node gc` runs and their reports, images whose layers overlap, and the check
 //!   that the nodes' disks hold exactly the live blobs.
 //! - [`prometheus`]: a real Prometheus scraping nodes' metrics with `deploy/alerts.yml`, read
@@ -40,6 +41,7 @@
 //! helpers that wait are `wait_*`.
 
 pub mod bench;
+pub mod browser;
 pub mod client;
 pub mod clients;
 pub mod cluster;

@@ -17,4 +17,5 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ui;
 pub mod upload;

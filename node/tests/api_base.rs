@@ -43,7 +43,8 @@ async fn base_endpoint_refuses_other_methods() {
 async fn paths_outside_the_api_are_404() {
     let node = TestNode::start(test_config()).await;
     let api = Api::new(&node).await;
-    for path in ["/v3/", "/", "/v2x/", "/v2/a/unknown/thing", "/v2/a/blobs"] {
+    // `/` is the web page (docs/ui.md).
+    for path in ["/v3/", "/v2x/", "/v2/a/unknown/thing", "/v2/a/blobs", "/ui/"] {
         let resp = api.get(path).await;
         assert_eq!(resp.status(), 404, "{path}");
     }

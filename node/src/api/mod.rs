@@ -106,6 +106,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<ApiState>) {
     cfg.app_data(state)
         .route("/debug/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
+        .configure(crate::ui::configure)
         .default_service(web::to(dispatch));
 }
 

@@ -7,13 +7,14 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use futures::StreamExt;
 use ipcr_proto::Command;
-use ipcr_proto::admin::{JoinRequest, LeaveRequest};
+use ipcr_proto::admin::{ClusterStatus, JoinRequest, LeaveRequest};
 use ipcr_proto::gc::{GcEvent, GcRequest};
 use serde::Serialize;
 
 use super::{ClusterApi, decoded, encoded};
 use crate::raft::membership::ChangeError;
 use crate::raft::network::ForwardedWrite;
+use crate::registry::Registry;
 
 /// How long a membership change may take (a learner catching up from a snapshot).
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -111,16 +112,24 @@ pub async fn leave(state: web::Data<ClusterApi>, req: web::Json<LeaveRequest>) -
 
 /// `GET /cluster/status`: this node's view of the cluster, as JSON.
 pub async fn status(state: web::Data<ClusterApi>) -> HttpResponse {
-    let voters = state.node.members().iter().filter(|(_, _, v)| *v).count();
-    let want = state.registry.replicas().min(voters.max(1));
-    let (under, mut ipfs) = state.node.reader().blob_health(want).unwrap_or_default();
-    let ipfs = state.registry.backend().map(|b| {
+    HttpResponse::Ok().json(cluster_status(&state.registry))
+}
+
+/// This node's view of the cluster: members, Raft indexes, under-replicated blobs, the IPFS
+/// backend's progress and garbage collection (one pass over the blob index). Also shown by
+/// the web page.
+pub fn cluster_status(registry: &Registry) -> ClusterStatus {
+    let node = registry.raft();
+    let voters = node.members().iter().filter(|(_, _, v)| *v).count();
+    let want = registry.replicas().min(voters.max(1));
+    let (under, mut ipfs) = node.reader().blob_health(want).unwrap_or_default();
+    let ipfs = registry.backend().map(|b| {
         ipfs.backend = b.name().to_string();
         ipfs
     });
-    let mut status = state.node.status(under, ipfs);
-    status.gc = state.node.reader().gc_status().unwrap_or_default();
-    HttpResponse::Ok().json(status)
+    let mut status = node.status(under, ipfs);
+    status.gc = node.reader().gc_status().unwrap_or_default();
+    status
 }
 
 /// `POST /cluster/gc`: run one garbage collection from this node. The answer streams

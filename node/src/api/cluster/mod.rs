@@ -8,6 +8,8 @@ mod control;
 mod raft;
 mod transfer;
 
+pub use control::cluster_status;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
