@@ -88,7 +88,7 @@ pub async fn token(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(record) = actix_web::HttpMessage::extensions(&req).get::<super::metrics::Recorder>() {
-        record.set("token");
+        record.set(super::metrics::Operation::Token);
     }
     let Some(auth) = &state.auth else {
         return Err(ApiError::not_found());

@@ -7,12 +7,12 @@
 //! ([`super::body::RequestBody`]) counts what it reads; the middleware records it all once the
 //! response is ready.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 use actix_web::{HttpResponse, web};
 
@@ -24,13 +24,131 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// What a request is counted as: an API operation, or what its path says outside the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Operation {
+    Base,
+    Catalog,
+    TagsList,
+    Referrers,
+    ManifestGet,
+    ManifestHead,
+    ManifestPut,
+    ManifestDelete,
+    BlobGet,
+    BlobHead,
+    BlobDelete,
+    UploadStart,
+    UploadPatch,
+    UploadPut,
+    UploadStatus,
+    UploadCancel,
+    Token,
+    Ready,
+    Health,
+    Ui,
+    /// A `/v2/` path that is no endpoint.
+    Unknown,
+    Other,
+}
+
+/// Every operation, in index order.
+const OPERATIONS: [Operation; 22] = {
+    use Operation::*;
+    [
+        Base,
+        Catalog,
+        TagsList,
+        Referrers,
+        ManifestGet,
+        ManifestHead,
+        ManifestPut,
+        ManifestDelete,
+        BlobGet,
+        BlobHead,
+        BlobDelete,
+        UploadStart,
+        UploadPatch,
+        UploadPut,
+        UploadStatus,
+        UploadCancel,
+        Token,
+        Ready,
+        Health,
+        Ui,
+        Unknown,
+        Other,
+    ]
+};
+
+impl Operation {
+    /// Its label: distribution's and the spec's names for the endpoints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Base => "base",
+            Operation::Catalog => "catalog",
+            Operation::TagsList => "tags_list",
+            Operation::Referrers => "referrers",
+            Operation::ManifestGet => "manifest_get",
+            Operation::ManifestHead => "manifest_head",
+            Operation::ManifestPut => "manifest_put",
+            Operation::ManifestDelete => "manifest_delete",
+            Operation::BlobGet => "blob_get",
+            Operation::BlobHead => "blob_head",
+            Operation::BlobDelete => "blob_delete",
+            Operation::UploadStart => "upload_start",
+            Operation::UploadPatch => "upload_patch",
+            Operation::UploadPut => "upload_put",
+            Operation::UploadStatus => "upload_status",
+            Operation::UploadCancel => "upload_cancel",
+            Operation::Token => "token",
+            Operation::Ready => "ready",
+            Operation::Health => "health",
+            Operation::Ui => "ui",
+            Operation::Unknown => "unknown",
+            Operation::Other => "other",
+        }
+    }
+}
+
+/// The methods counted by name; anything else is `other` (a client cannot make up label
+/// values).
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// The method's index in [`METHODS`].
+pub fn method_index(method: &actix_web::http::Method) -> usize {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::PUT => 2,
+        Method::POST => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
 /// The registry port's counters and histograms (cheap to clone: they are shared).
 #[derive(Clone)]
 pub struct HttpMetrics {
+    inner: Arc<Series>,
+}
+
+struct Series {
     requests: IntCounterVec,
     duration: HistogramVec,
     received: IntCounterVec,
     sent: IntCounterVec,
+    /// The children of the vectors above, looked up once per label set: a request then costs
+    /// one lookup by status code, not one per metric.
+    durations: Vec<OnceLock<Histogram>>,
+    received_by: Vec<OnceLock<IntCounter>>,
+    sent_by: Vec<OnceLock<IntCounter>>,
 }
 
 impl Default for HttpMetrics {
@@ -46,72 +164,111 @@ impl HttpMetrics {
             IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric")
         };
         HttpMetrics {
-            requests: counter(
-                "ipcr_http_requests_total",
-                "Requests to the registry port, by API operation, method and status code.",
-                &["operation", "method", "code"],
-            ),
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "ipcr_http_request_duration_seconds",
-                    "Time from a request's arrival until its response's head was ready, by API operation and method.",
+            inner: Arc::new(Series {
+                requests: counter(
+                    "ipcr_http_requests_total",
+                    "Requests to the registry port, by API operation, method and status code.",
+                    &["operation", "method", "code"],
+                ),
+                duration: HistogramVec::new(
+                    HistogramOpts::new(
+                        "ipcr_http_request_duration_seconds",
+                        "Time from a request's arrival until its response's head was ready, by API operation and method.",
+                    )
+                    .buckets(BUCKETS.to_vec()),
+                    &["operation", "method"],
                 )
-                .buckets(BUCKETS.to_vec()),
-                &["operation", "method"],
-            )
-            .expect("a valid metric"),
-            received: counter(
-                "ipcr_http_received_bytes_total",
-                "Bytes of request bodies read, by API operation.",
-                &["operation"],
-            ),
-            sent: counter(
-                "ipcr_http_sent_bytes_total",
-                "Bytes of response bodies, by API operation (as declared by their length).",
-                &["operation"],
-            ),
+                .expect("a valid metric"),
+                received: counter(
+                    "ipcr_http_received_bytes_total",
+                    "Bytes of request bodies read, by API operation.",
+                    &["operation"],
+                ),
+                sent: counter(
+                    "ipcr_http_sent_bytes_total",
+                    "Bytes of response bodies, by API operation (as declared by their length).",
+                    &["operation"],
+                ),
+                durations: slots(OPERATIONS.len() * METHODS.len()),
+                received_by: slots(OPERATIONS.len()),
+                sent_by: slots(OPERATIONS.len()),
+            }),
         }
     }
 
     /// Everything to export.
     pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        let s = &self.inner;
         vec![
-            Box::new(self.requests.clone()),
-            Box::new(self.duration.clone()),
-            Box::new(self.received.clone()),
-            Box::new(self.sent.clone()),
+            Box::new(s.requests.clone()),
+            Box::new(s.duration.clone()),
+            Box::new(s.received.clone()),
+            Box::new(s.sent.clone()),
         ]
     }
 
-    /// Record one finished request.
-    pub fn record(&self, operation: &str, method: &str, code: u16, took: Duration, received: u64, sent: u64) {
-        let code = code.to_string();
-        self.requests
-            .with_label_values(&[operation, method, code.as_str()])
-            .inc();
-        self.duration
-            .with_label_values(&[operation, method])
+    /// Record one finished request (`method`: an index from [`method_index`]).
+    pub fn record(
+        &self,
+        operation: Operation,
+        method: usize,
+        code: &str,
+        took: Duration,
+        received: u64,
+        sent: u64,
+    ) {
+        let s = &self.inner;
+        let (op, name, method) = (
+            operation as usize,
+            operation.name(),
+            method.min(METHODS.len() - 1),
+        );
+        s.requests.with_label_values(&[name, METHODS[method], code]).inc();
+        s.durations[op * METHODS.len() + method]
+            .get_or_init(|| s.duration.with_label_values(&[name, METHODS[method]]))
             .observe(took.as_secs_f64());
         if received > 0 {
-            self.received.with_label_values(&[operation]).inc_by(received);
+            s.received_by[op]
+                .get_or_init(|| s.received.with_label_values(&[name]))
+                .inc_by(received);
         }
         if sent > 0 {
-            self.sent.with_label_values(&[operation]).inc_by(sent);
+            s.sent_by[op]
+                .get_or_init(|| s.sent.with_label_values(&[name]))
+                .inc_by(sent);
         }
     }
 }
 
+/// `n` empty slots.
+fn slots<T>(n: usize) -> Vec<OnceLock<T>> {
+    (0..n).map(|_| OnceLock::new()).collect()
+}
+
+/// No operation named yet.
+const UNSET: usize = usize::MAX;
+
 /// What one request did, filled in while it runs.
-#[derive(Default)]
 pub struct RequestRecord {
-    operation: OnceLock<&'static str>,
+    operation: AtomicUsize,
     received: AtomicU64,
 }
 
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            operation: AtomicUsize::new(UNSET),
+            received: AtomicU64::new(0),
+        }
+    }
+}
+
 impl RequestRecord {
-    /// The operation the request turned out to be (the first name given stays).
-    pub fn set(&self, operation: &'static str) {
-        let _ = self.operation.set(operation);
+    /// The operation the request turned out to be (the first one named stays).
+    pub fn set(&self, operation: Operation) {
+        let _ =
+            self.operation
+                .compare_exchange(UNSET, operation as usize, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// `n` more bytes of the request body were read.
@@ -119,19 +276,12 @@ impl RequestRecord {
         self.received.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The operation, or what the path says when no API operation was named.
-    pub fn operation(&self, path: &str) -> &'static str {
-        if let Some(op) = self.operation.get() {
-            return op;
-        }
-        match path {
-            "/ready" => "ready",
-            "/debug/health" => "health",
-            p if p == "/v2" || p.starts_with("/v2/") => "unknown",
-            "/" => "ui",
-            p if p.starts_with("/ui/") => "ui",
-            _ => "other",
-        }
+    /// The operation named, or `fallback` (what the path said: [`path_operation`]).
+    pub fn operation(&self, fallback: Operation) -> Operation {
+        OPERATIONS
+            .get(self.operation.load(Ordering::Relaxed))
+            .copied()
+            .unwrap_or(fallback)
     }
 
     /// Bytes of the request body read.
@@ -140,44 +290,40 @@ impl RequestRecord {
     }
 }
 
-/// The shared handle a request's extensions hold.
-pub type Recorder = Arc<RequestRecord>;
-
-/// The method as a label: the API's methods by name, anything else as `other` (a client
-/// cannot make up label values).
-pub fn method_label(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::POST => "POST",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+/// The operation a path outside the API's endpoints is counted as (no handler named one).
+pub fn path_operation(path: &str) -> Operation {
+    match path {
+        "/ready" => Operation::Ready,
+        "/debug/health" => Operation::Health,
+        p if p == "/v2" || p.starts_with("/v2/") => Operation::Unknown,
+        "/" => Operation::Ui,
+        p if p.starts_with("/ui/") => Operation::Ui,
+        _ => Operation::Other,
     }
 }
 
-/// The operation's label: distribution's and the spec's names for the endpoints.
-pub fn operation(endpoint: &Endpoint) -> &'static str {
+/// The shared handle a request's extensions hold.
+pub type Recorder = Arc<RequestRecord>;
+
+/// The operation of an API endpoint.
+pub fn operation(endpoint: &Endpoint) -> Operation {
     match endpoint {
-        Endpoint::Base => "base",
-        Endpoint::Catalog { .. } => "catalog",
-        Endpoint::ListTags { .. } => "tags_list",
-        Endpoint::Referrers { .. } => "referrers",
-        Endpoint::GetManifest { head: false, .. } => "manifest_get",
-        Endpoint::GetManifest { head: true, .. } => "manifest_head",
-        Endpoint::PutManifest { .. } => "manifest_put",
-        Endpoint::DeleteManifest { .. } => "manifest_delete",
-        Endpoint::GetBlob { head: false, .. } => "blob_get",
-        Endpoint::GetBlob { head: true, .. } => "blob_head",
-        Endpoint::DeleteBlob { .. } => "blob_delete",
-        Endpoint::StartUpload { .. } => "upload_start",
-        Endpoint::PatchUpload { .. } => "upload_patch",
-        Endpoint::PutUpload { .. } => "upload_put",
-        Endpoint::GetUpload { .. } => "upload_status",
-        Endpoint::DeleteUpload { .. } => "upload_cancel",
+        Endpoint::Base => Operation::Base,
+        Endpoint::Catalog { .. } => Operation::Catalog,
+        Endpoint::ListTags { .. } => Operation::TagsList,
+        Endpoint::Referrers { .. } => Operation::Referrers,
+        Endpoint::GetManifest { head: false, .. } => Operation::ManifestGet,
+        Endpoint::GetManifest { head: true, .. } => Operation::ManifestHead,
+        Endpoint::PutManifest { .. } => Operation::ManifestPut,
+        Endpoint::DeleteManifest { .. } => Operation::ManifestDelete,
+        Endpoint::GetBlob { head: false, .. } => Operation::BlobGet,
+        Endpoint::GetBlob { head: true, .. } => Operation::BlobHead,
+        Endpoint::DeleteBlob { .. } => Operation::BlobDelete,
+        Endpoint::StartUpload { .. } => Operation::UploadStart,
+        Endpoint::PatchUpload { .. } => Operation::UploadPatch,
+        Endpoint::PutUpload { .. } => Operation::UploadPut,
+        Endpoint::GetUpload { .. } => Operation::UploadStatus,
+        Endpoint::DeleteUpload { .. } => Operation::UploadCancel,
     }
 }
 
@@ -227,14 +373,8 @@ mod tests {
         for repo in ["a", "b/c", "d"] {
             let r = RequestRecord::default();
             r.set(operation(&get(repo)));
-            m.record(
-                r.operation("/ignored"),
-                "GET",
-                200,
-                Duration::from_millis(2),
-                0,
-                10,
-            );
+            let op = r.operation(Operation::Other);
+            m.record(op, 0, "200", Duration::from_millis(2), 0, 10);
         }
         let families = prometheus::Registry::new();
         for c in m.collectors() {
@@ -248,22 +388,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"ipcr_http_sent_bytes_total{operation="manifest_get"} 30"#));
+        assert!(text.contains(
+            r#"ipcr_http_request_duration_seconds_count{method="GET",operation="manifest_get"} 3"#
+        ));
         assert!(!text.contains("b/c"), "a repository name became a label: {text}");
     }
 
     #[test]
     fn requests_outside_the_api_are_named_by_path() {
+        assert_eq!(path_operation("/ready"), Operation::Ready);
+        assert_eq!(path_operation("/v2/%%%/nothing"), Operation::Unknown);
+        assert_eq!(path_operation("/ui/repo/x"), Operation::Ui);
+        assert_eq!(path_operation("/"), Operation::Ui);
+        assert_eq!(path_operation("/wp-admin"), Operation::Other);
         let r = RequestRecord::default();
-        assert_eq!(r.operation("/ready"), "ready");
-        assert_eq!(r.operation("/v2/%%%/nothing"), "unknown");
-        assert_eq!(r.operation("/ui/repo/x"), "ui");
-        assert_eq!(r.operation("/wp-admin"), "other");
-        r.set("token");
-        r.set("other");
-        assert_eq!(r.operation("/auth/token"), "token");
-        assert_eq!(
-            method_label(&actix_web::http::Method::from_bytes(b"BREW").unwrap()),
-            "other"
-        );
+        assert_eq!(r.operation(Operation::Other), Operation::Other);
+        r.set(Operation::Token);
+        r.set(Operation::Other);
+        assert_eq!(r.operation(Operation::Other), Operation::Token);
+        let brew = actix_web::http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(METHODS[method_index(&brew)], "other");
+    }
+
+    #[test]
+    fn every_operation_sits_at_its_index() {
+        for (i, op) in OPERATIONS.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{op:?}");
+        }
     }
 }

@@ -139,8 +139,8 @@ pub async fn request_span(
         req.extensions_mut().insert(record.clone());
         (
             record,
-            metrics::method_label(req.method()),
-            req.path().to_string(),
+            metrics::method_index(req.method()),
+            metrics::path_operation(req.path()),
         )
     });
     // Handlers' and extractors' errors arrive as responses (actix turns them into one, keeping
@@ -157,15 +157,15 @@ pub async fn request_span(
         res.headers_mut()
             .insert(HeaderName::from_static(error::REQUEST_ID_HEADER), v);
     }
-    if let (Some(m), Some((record, method, path))) = (&metrics, &record) {
+    if let (Some(m), Some((record, method, fallback))) = (&metrics, &record) {
         let sent = match res.response().body().size() {
             actix_web::body::BodySize::Sized(n) => n,
             _ => 0,
         };
         m.record(
-            record.operation(path),
-            method,
-            res.status().as_u16(),
+            record.operation(*fallback),
+            *method,
+            res.status().as_str(),
             started.elapsed(),
             record.received_bytes(),
             sent,
