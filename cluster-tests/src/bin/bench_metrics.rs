@@ -1,13 +1,18 @@
-//! Benchmark: what Prometheus metrics cost on the hot path (issue 13), in one run: a 1 GiB
-//! monolithic push (`curl`, POST + PUT) and manifest GETs by tag (`wrk -t2 -c64 -d10s`), on IPCR
-//! with `http.debug.prometheus` off and on, and on distribution 2.8.2 with its own
+//! Benchmark: what Prometheus metrics cost on the hot path (issue 13), in one run: manifest
+//! GETs by tag (`wrk -t2 -c64`) and 1 GiB monolithic pushes (`curl`, POST + PUT), on IPCR with
+//! `http.debug.prometheus` off and on, and on distribution 2.8.2 with its own
 //! `http.debug.prometheus` off and on, beside it. While a server's metrics are on, a scraper
-//! reads them every second, as a Prometheus scraping at that rate would. Every round starts
-//! each server afresh, in an order that rotates from round to round.
+//! reads them every second, as a Prometheus scraping at that rate would.
+//!
+//! The two servers of a pair (off, on) run side by side and are measured in alternation
+//! (off then on, then on then off, ...), each measurement paired with its neighbour, so that
+//! the machine's drift (other processes, the page cache, the host) hits both alike; the
+//! result is the median of the pairs' ratios. Beside throughput, each server's CPU time per
+//! request (from `/proc/<pid>/stat`) says what the metrics cost regardless of what else ran.
 //!
 //! ```console
 //! $ cargo build --release -p ipcr-node -p cluster-tests --bin ipcr-node --bin bench_metrics
-//! $ ./target/release/bench_metrics [--runs 5]
+//! $ ./target/release/bench_metrics [--runs 9] [--seconds 5]
 //! ```
 //! Needs `docker-registry`, `wrk` and `curl` (`apt-get install -y docker-registry wrk curl`).
 //! `IPCR_NODE_BIN` picks another `ipcr-node`.
@@ -20,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::bench::{curl, make_blob, median, push_big, wrk};
+use cluster_tests::bench::{curl, make_blob, median, push_big, push_file};
 use cluster_tests::node::free_port;
 use sha2::{Digest as _, Sha256};
 
@@ -165,24 +170,12 @@ fn start(work: &Path, setup: Setup) -> Result<Running> {
 }
 
 /// Push a small config and a manifest naming it and the big blob, tagged `v1`.
-fn push_manifest(base: &str, repo: &str, big: &str) -> Result<()> {
+fn push_manifest(work: &Path, base: &str, repo: &str, big: &str) -> Result<()> {
     let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(config)));
-    let data = std::str::from_utf8(config)?;
-    let (code, _, _) = curl(
-        &[
-            "-X",
-            "POST",
-            "--data-binary",
-            data,
-            "-H",
-            "Content-Type: application/octet-stream",
-        ],
-        &format!("{base}/v2/{repo}/blobs/uploads/?digest={config_digest}"),
-    )?;
-    if code != 201 {
-        bail!("config push: {code}");
-    }
+    let file = work.join("config.json");
+    std::fs::write(&file, config)?;
+    push_file(base, repo, &file, &config_digest)?;
     let manifest = format!(
         r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{big}","size":{}}}]}}"#,
         config.len(),
@@ -205,107 +198,203 @@ fn push_manifest(base: &str, repo: &str, big: &str) -> Result<()> {
     Ok(())
 }
 
-struct Round {
+/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("a stat field")?.parse::<f64>()?) };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// `wrk -t2 -c64 -d<secs>s` of a manifest GET by tag: (requests per second, requests).
+fn wrk_for(url: &str, secs: u32) -> Result<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{secs}s")])
+        .args(["-H", &format!("Accept: {MANIFEST}")])
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if text.contains("Non-2xx") {
+        bail!("wrk saw errors against {url}:\n{text}");
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
+    Ok((rps, requests))
+}
+
+/// One measurement of one server.
+struct Sample {
     push: f64,
     rps: f64,
+    /// Server CPU microseconds per manifest GET.
+    cpu_us: f64,
+}
+
+fn measure(server: &Running, round: usize, blob: &Path, digest: &str, secs: u32) -> Result<Sample> {
+    let pid = server.child.id();
+    let push = push_big(&server.base, &format!("bench/push{round}"), blob, digest)?;
+    let before = cpu_seconds(pid)?;
+    let (rps, requests) = wrk_for(&format!("{}/v2/bench/metrics/manifests/v1", server.base), secs)?;
+    let cpu_us = (cpu_seconds(pid)? - before) / requests * 1e6;
+    Ok(Sample { push, rps, cpu_us })
+}
+
+/// The results of one pair of servers, metrics off and on.
+struct Pair {
+    name: &'static str,
+    off: Vec<Sample>,
+    on: Vec<Sample>,
     scrapes: usize,
 }
 
-fn measure(work: &Path, setup: Setup, blob: &Path, digest: &str) -> Result<Round> {
-    let mut server = start(work, setup)?;
-    let push = push_big(&server.base, "bench/metrics", blob, digest)?;
-    push_manifest(&server.base, "bench/metrics", digest)?;
-    let rps = wrk(&format!("{}/v2/bench/metrics/manifests/v1", server.base))?;
-    let scrapes = server.scrapes();
-    if setup.metrics && scrapes == 0 {
-        bail!("{}: no scrape succeeded", setup.name());
+fn run_pair(work: &Path, server: Server, runs: usize, secs: u32, blob: &Path, digest: &str) -> Result<Pair> {
+    let name = match server {
+        Server::Ipcr => "IPCR",
+        Server::Distribution => "distribution",
+    };
+    let mut off = start(
+        work,
+        Setup {
+            server,
+            metrics: false,
+        },
+    )?;
+    let mut on = start(
+        work,
+        Setup {
+            server,
+            metrics: true,
+        },
+    )?;
+    for s in [&off, &on] {
+        push_file(&s.base, "bench/metrics", blob, digest)?;
+        push_manifest(work, &s.base, "bench/metrics", digest)?;
     }
-    Ok(Round { push, rps, scrapes })
+    let mut pair = Pair {
+        name,
+        off: Vec::new(),
+        on: Vec::new(),
+        scrapes: 0,
+    };
+    for round in 0..runs {
+        let order = if round.is_multiple_of(2) {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for metrics in order {
+            let server = if metrics { &on } else { &off };
+            let s = measure(server, round, blob, digest, secs)?;
+            eprintln!(
+                "{name} round {}: metrics {}: push {:.2} s, {:.0} GETs/s, {:.1} CPU µs per GET",
+                round + 1,
+                if metrics { "on " } else { "off" },
+                s.push,
+                s.rps,
+                s.cpu_us
+            );
+            if metrics {
+                pair.on.push(s);
+            } else {
+                pair.off.push(s);
+            }
+        }
+    }
+    pair.scrapes = on.scrapes();
+    if pair.scrapes == 0 {
+        bail!("{name}: no scrape of its metrics succeeded");
+    }
+    off.scrapes();
+    Ok(pair)
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let runs: usize = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let arg = |name: &str, default: usize| -> Result<usize> {
+        Ok(args
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let runs = arg("--runs", 9)?.max(1);
+    let secs = arg("--seconds", 5)?.max(1) as u32;
     let work = tempfile::Builder::new().prefix("ipcr-bench-metrics-").tempdir()?;
     let blob = work.path().join("blob");
     eprintln!("making a 1 GiB blob ...");
     let digest = make_blob(&blob, 13)?;
-    let setups = [
-        Setup {
-            server: Server::Ipcr,
-            metrics: false,
-        },
-        Setup {
-            server: Server::Ipcr,
-            metrics: true,
-        },
-        Setup {
-            server: Server::Distribution,
-            metrics: false,
-        },
-        Setup {
-            server: Server::Distribution,
-            metrics: true,
-        },
+    let pairs = [
+        run_pair(work.path(), Server::Ipcr, runs, secs, &blob, &digest)?,
+        run_pair(work.path(), Server::Distribution, runs, secs, &blob, &digest)?,
     ];
-    let mut results: Vec<Vec<Round>> = setups.iter().map(|_| Vec::new()).collect();
-    for round in 0..runs {
-        for k in 0..setups.len() {
-            let i = (k + round) % setups.len();
-            let r = measure(work.path(), setups[i], &blob, &digest)?;
-            eprintln!(
-                "round {}: {}: push {:.2} s, {:.0} manifest GETs/s, {} scrapes",
-                round + 1,
-                setups[i].name(),
-                r.push,
-                r.rps,
-                r.scrapes
-            );
-            results[i].push(r);
-        }
-    }
-    println!("\n| server | 1 GiB push (s): runs | median | manifest GET (req/s): runs | median |");
-    println!("|---|---|---|---|---|");
-    let mut medians = Vec::new();
-    for (setup, rounds) in setups.iter().zip(&results) {
-        let pushes: Vec<f64> = rounds.iter().map(|r| r.push).collect();
-        let rps: Vec<f64> = rounds.iter().map(|r| r.rps).collect();
-        let join = |v: &[f64], p: usize| {
-            v.iter()
-                .map(|x| format!("{x:.prec$}", prec = p))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "| {} | {} | **{:.2}** | {} | **{:.0}** |",
-            setup.name(),
-            join(&pushes, 2),
-            median(&pushes),
-            join(&rps, 0),
-            median(&rps)
-        );
-        medians.push((median(&pushes), median(&rps)));
-    }
-    let change = |on: f64, off: f64| (on / off - 1.0) * 100.0;
-    let (ipcr_push, ipcr_rps) = (
-        change(medians[1].0, medians[0].0),
-        change(medians[1].1, medians[0].1),
-    );
-    let (dist_push, dist_rps) = (
-        change(medians[3].0, medians[2].0),
-        change(medians[3].1, medians[2].1),
+    let list = |v: &[f64], prec: usize| {
+        v.iter()
+            .map(|x| format!("{x:.prec$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "\n{runs} alternating rounds per pair; wrk -t2 -c64 -d{secs}s of a manifest GET by tag; a 1 GiB push (POST + PUT) per round\n"
     );
     println!(
-        "\nMetrics on vs off (medians): IPCR push {ipcr_push:+.1} %, manifest GETs {ipcr_rps:+.1} %; \
-         distribution push {dist_push:+.1} %, manifest GETs {dist_rps:+.1} %."
+        "| server | metrics | 1 GiB push (s) | median | manifest GETs/s | median | server CPU µs per GET, median |"
     );
-    let met = ipcr_push <= 3.0 && ipcr_rps >= -3.0;
+    println!("|---|---|---|---|---|---|---|");
+    let mut goal = Vec::new();
+    for pair in &pairs {
+        for (label, samples) in [("off", &pair.off), ("on", &pair.on)] {
+            let push: Vec<f64> = samples.iter().map(|s| s.push).collect();
+            let rps: Vec<f64> = samples.iter().map(|s| s.rps).collect();
+            let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_us).collect();
+            println!(
+                "| {} | {label} | {} | **{:.2}** | {} | **{:.0}** | {:.1} |",
+                pair.name,
+                list(&push, 2),
+                median(&push),
+                list(&rps, 0),
+                median(&rps),
+                median(&cpu)
+            );
+        }
+        let ratios = |f: fn(&Sample) -> f64| -> Vec<f64> {
+            pair.on
+                .iter()
+                .zip(&pair.off)
+                .map(|(on, off)| f(on) / f(off))
+                .collect()
+        };
+        let (push, rps, cpu) = (
+            median(&ratios(|s| s.push)),
+            median(&ratios(|s| s.rps)),
+            median(&ratios(|s| s.cpu_us)),
+        );
+        goal.push((pair.name, push, rps, cpu));
+    }
+    println!();
+    for (name, push, rps, cpu) in &goal {
+        println!(
+            "{name}, metrics on ÷ off (median of the paired rounds): push time {:+.1} %, manifest GETs/s {:+.1} %, CPU per GET {:+.1} %",
+            (push - 1.0) * 100.0,
+            (rps - 1.0) * 100.0,
+            (cpu - 1.0) * 100.0
+        );
+    }
+    let (_, push, rps, _) = goal[0];
+    let met = push <= 1.03 && rps >= 0.97;
     println!(
         "Goal: IPCR with metrics within 3 % of without (push time and manifest GETs/s): {}",
         if met { "met" } else { "not met" }
