@@ -199,7 +199,7 @@ fn forbidden(chrome: &Chrome) -> HttpResponse {
         pages::message(
             chrome,
             "Not for you",
-            "The cluster's state is shown to users who may list the catalog.",
+            "The cluster's state is shown to administrators (auth.access.admins).",
         ),
     )
 }
