@@ -24,92 +24,55 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// What a request is counted as: an API operation, or what its path says outside the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(usize)]
-pub enum Operation {
-    Base,
-    Catalog,
-    TagsList,
-    Referrers,
-    ManifestGet,
-    ManifestHead,
-    ManifestPut,
-    ManifestDelete,
-    BlobGet,
-    BlobHead,
-    BlobDelete,
-    UploadStart,
-    UploadPatch,
-    UploadPut,
-    UploadStatus,
-    UploadCancel,
-    Token,
-    Ready,
-    Health,
-    Ui,
-    /// A `/v2/` path that is no endpoint.
-    Unknown,
-    Other,
+/// Declares [`Operation`], its labels and the list of all of them from one table.
+macro_rules! operations {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)*) => {
+        /// What a request is counted as: an API operation, or what its path says outside the
+        /// API.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Operation {
+            $($(#[$doc])* $variant,)*
+        }
+
+        /// Every operation, in index order.
+        const OPERATIONS: &[Operation] = &[$(Operation::$variant,)*];
+
+        impl Operation {
+            /// Its label: distribution's and the spec's names for the endpoints.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Operation::$variant => $label,)*
+                }
+            }
+        }
+    };
 }
 
-/// Every operation, in index order.
-const OPERATIONS: [Operation; 22] = {
-    use Operation::*;
-    [
-        Base,
-        Catalog,
-        TagsList,
-        Referrers,
-        ManifestGet,
-        ManifestHead,
-        ManifestPut,
-        ManifestDelete,
-        BlobGet,
-        BlobHead,
-        BlobDelete,
-        UploadStart,
-        UploadPatch,
-        UploadPut,
-        UploadStatus,
-        UploadCancel,
-        Token,
-        Ready,
-        Health,
-        Ui,
-        Unknown,
-        Other,
-    ]
-};
-
-impl Operation {
-    /// Its label: distribution's and the spec's names for the endpoints.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::Base => "base",
-            Operation::Catalog => "catalog",
-            Operation::TagsList => "tags_list",
-            Operation::Referrers => "referrers",
-            Operation::ManifestGet => "manifest_get",
-            Operation::ManifestHead => "manifest_head",
-            Operation::ManifestPut => "manifest_put",
-            Operation::ManifestDelete => "manifest_delete",
-            Operation::BlobGet => "blob_get",
-            Operation::BlobHead => "blob_head",
-            Operation::BlobDelete => "blob_delete",
-            Operation::UploadStart => "upload_start",
-            Operation::UploadPatch => "upload_patch",
-            Operation::UploadPut => "upload_put",
-            Operation::UploadStatus => "upload_status",
-            Operation::UploadCancel => "upload_cancel",
-            Operation::Token => "token",
-            Operation::Ready => "ready",
-            Operation::Health => "health",
-            Operation::Ui => "ui",
-            Operation::Unknown => "unknown",
-            Operation::Other => "other",
-        }
-    }
+operations! {
+    Base => "base",
+    Catalog => "catalog",
+    TagsList => "tags_list",
+    Referrers => "referrers",
+    ManifestGet => "manifest_get",
+    ManifestHead => "manifest_head",
+    ManifestPut => "manifest_put",
+    ManifestDelete => "manifest_delete",
+    BlobGet => "blob_get",
+    BlobHead => "blob_head",
+    BlobDelete => "blob_delete",
+    UploadStart => "upload_start",
+    UploadPatch => "upload_patch",
+    UploadPut => "upload_put",
+    UploadStatus => "upload_status",
+    UploadCancel => "upload_cancel",
+    Token => "token",
+    Ready => "ready",
+    Health => "health",
+    Ui => "ui",
+    /// A `/v2/` path that is no endpoint.
+    Unknown => "unknown",
+    Other => "other",
 }
 
 /// The methods counted by name; anything else is `other` (a client cannot make up label

@@ -204,15 +204,22 @@ fn forbidden(chrome: &Chrome) -> HttpResponse {
     )
 }
 
+/// Let an administrator in; others get `401` or `403`.
+async fn enter_admin(req: &HttpRequest, state: &ApiState) -> Result<Entered, HttpResponse> {
+    let e = enter(req, state).await?;
+    if e.chrome.operator {
+        Ok(e)
+    } else {
+        Err(forbidden(&e.chrome))
+    }
+}
+
 /// `GET /ui/cluster`.
 async fn cluster(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    let e = match enter(&req, &state).await {
+    let e = match enter_admin(&req, &state).await {
         Ok(e) => e,
         Err(resp) => return resp,
     };
-    if !e.chrome.operator {
-        return forbidden(&e.chrome);
-    }
     // One pass over the blob index: off the HTTP worker.
     let registry = state.registry.clone();
     let Ok(status) = web::block(move || crate::api::cluster::cluster_status(&registry)).await else {
@@ -235,13 +242,10 @@ const QUEUE_SHOWN: usize = 50;
 
 /// `GET /ui/ipfs`.
 async fn ipfs(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
-    let e = match enter(&req, &state).await {
+    let e = match enter_admin(&req, &state).await {
         Ok(e) => e,
         Err(resp) => return resp,
     };
-    if !e.chrome.operator {
-        return forbidden(&e.chrome);
-    }
     let registry = state.registry.clone();
     let gathered = web::block(move || {
         let status = crate::api::cluster::cluster_status(&registry);
