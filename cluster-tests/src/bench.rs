@@ -81,21 +81,31 @@ pub fn push_big(base: &str, repo: &str, file: &Path, digest: &str) -> Result<f64
 
 /// A monolithic push of `file` as blob `digest` into `repo`: `POST`, then `PUT` of the body.
 pub fn push_file(base: &str, repo: &str, file: &Path, digest: &str) -> Result<()> {
-    let (code, _, headers) = curl(&["-X", "POST"], &format!("{base}/v2/{repo}/blobs/uploads/"))?;
+    push_file_with(&[], base, repo, file, digest)
+}
+
+/// [`push_file`], with `extra` curl arguments on both requests (credentials, a CA).
+pub fn push_file_with(extra: &[&str], base: &str, repo: &str, file: &Path, digest: &str) -> Result<()> {
+    let post = format!("{base}/v2/{repo}/blobs/uploads/");
+    let (code, _, headers) = curl(&[extra, &["-X", "POST"]].concat(), &post)?;
     if code != 202 {
-        bail!("POST to {base}: {code}");
+        bail!("POST to {post}: {code}");
     }
     let loc = location(base, &headers)?;
     let sep = if loc.contains('?') { '&' } else { '?' };
     let f = file.display().to_string();
     let put = [
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-T",
-        &f,
-    ];
+        extra,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            &f,
+        ],
+    ]
+    .concat();
     let (code, _, _) = curl(&put, &format!("{loc}{sep}digest={digest}"))?;
     if code != 201 {
         bail!("PUT {digest} to {base}: {code}");

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::bench::{curl, make_blob, median, wrk_with};
+use cluster_tests::bench::{curl, make_blob, median, push_file_with, wrk_with};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sha2::{Digest as _, Sha256};
 
@@ -246,28 +246,8 @@ fn call(args: &[String], extra: &[&str], url: &str, want: u16) -> Result<(f64, S
 fn upload(base: &str, args: &[String], repo: &str, file: &Path, digest: &str) -> Result<f64> {
     let _ = Command::new("sync").status();
     let started = Instant::now();
-    let (_, headers) = call(
-        args,
-        &["-X", "POST"],
-        &format!("{base}/v2/{repo}/blobs/uploads/"),
-        202,
-    )?;
-    let loc = cluster_tests::bench::location(base, &headers)?;
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let f = file.display().to_string();
-    call(
-        args,
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-T",
-            &f,
-        ],
-        &format!("{loc}{sep}digest={digest}"),
-        201,
-    )?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    push_file_with(&args, base, repo, file, digest)?;
     Ok(started.elapsed().as_secs_f64())
 }
 

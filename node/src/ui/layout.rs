@@ -243,16 +243,19 @@ pub fn human(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
+/// A time (ms since the epoch), and its full form for a `title`; `None` out of range.
+fn instant(ms: u64) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)?;
+    Some((t, t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+}
+
 /// A time (ms since the epoch) in UTC, with how long ago.
 pub fn time(ms: u64, now_ms: u64) -> Markup {
-    let Some(t) = i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-    else {
+    let Some((t, full)) = instant(ms) else {
         return html! { span.muted { "—" } };
     };
     html! {
-        span title=(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)) {
+        span title=(full) {
             (t.format("%Y-%m-%d %H:%M:%S UTC"))
         }
         " " span.muted.small { "(" (ago(now_ms.saturating_sub(ms))) ")" }
@@ -261,14 +264,11 @@ pub fn time(ms: u64, now_ms: u64) -> Markup {
 
 /// A time for a table cell: how long ago, the date in UTC under it.
 pub fn time_cell(ms: u64, now_ms: u64) -> Markup {
-    let Some(t) = i64::try_from(ms)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-    else {
+    let Some((t, full)) = instant(ms) else {
         return html! { span.muted { "—" } };
     };
     html! {
-        span.nowrap title=(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)) { (ago(now_ms.saturating_sub(ms))) }
+        span.nowrap title=(full) { (ago(now_ms.saturating_sub(ms))) }
         br;
         span.muted.small.nowrap { (t.format("%Y-%m-%d %H:%M UTC")) }
     }
