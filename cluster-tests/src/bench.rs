@@ -171,3 +171,32 @@ pub fn wrk_with(extra: &[&str], url: &str) -> Result<f64> {
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
 }
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: the unit of the CPU times in `/proc/<pid>/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+
+/// The fields of `/proc/<pid>/stat` (`pid` may be `self`) after the command name, which is in
+/// parentheses and may hold spaces: field 3 is index 0.
+pub fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(") ")?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// The sum of the clock-tick fields at `at`, in seconds.
+fn ticks(fields: &[String], at: &[usize]) -> Option<f64> {
+    at.iter()
+        .map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum::<Option<f64>>()
+        .map(|t| t / CLOCK_TICKS)
+}
+
+/// User + system CPU seconds of a running process; `None` when it cannot be read.
+pub fn process_cpu(pid: u32) -> Option<f64> {
+    ticks(&stat_fields(&pid.to_string())?, &[11, 12])
+}
+
+/// User + system CPU seconds of this process's children that have been waited for.
+pub fn reaped_children_cpu() -> Option<f64> {
+    ticks(&stat_fields("self")?, &[13, 14])
+}

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cluster_tests::bench::{curl, make_blob, median, push_big, push_file};
+use cluster_tests::bench::{curl, make_blob, median, process_cpu, push_big, push_file};
 use cluster_tests::node::free_port;
 use sha2::{Digest as _, Sha256};
 
@@ -198,17 +198,6 @@ fn push_manifest(work: &Path, base: &str, repo: &str, big: &str) -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) process `pid` has used, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("a /proc stat line")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("a stat field")?.parse::<f64>()?) };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// `wrk -t2 -c64 -d<secs>s` of a manifest GET by tag: (requests per second, requests).
 fn wrk_for(url: &str, secs: u32) -> Result<(f64, f64)> {
     let out = Command::new("wrk")
@@ -245,9 +234,10 @@ struct Sample {
 fn measure(server: &Running, round: usize, blob: &Path, digest: &str, secs: u32) -> Result<Sample> {
     let pid = server.child.id();
     let push = push_big(&server.base, &format!("bench/push{round}"), blob, digest)?;
-    let before = cpu_seconds(pid)?;
+    let cpu = || process_cpu(pid).with_context(|| format!("reading /proc/{pid}/stat"));
+    let before = cpu()?;
     let (rps, requests) = wrk_for(&format!("{}/v2/bench/metrics/manifests/v1", server.base), secs)?;
-    let cpu_us = (cpu_seconds(pid)? - before) / requests * 1e6;
+    let cpu_us = (cpu()? - before) / requests * 1e6;
     Ok(Sample { push, rps, cpu_us })
 }
 

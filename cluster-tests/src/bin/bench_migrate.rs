@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use cluster_tests::Node;
-use cluster_tests::bench::{median, push_file};
+use cluster_tests::bench::{median, process_cpu, push_file, reaped_children_cpu, stat_fields};
 use cluster_tests::client::http_client as http;
 use cluster_tests::netns::NetLab;
 use cluster_tests::seed::{Seeded, Seeder};
@@ -71,8 +71,6 @@ const ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 /// What every IPCR node of the run is given beyond the test defaults: no access log (the
 /// migration sends a few hundred requests; distribution's access log is off too).
 const NODE_ENV: [(&str, &str); 1] = [("REGISTRY_LOG_ACCESSLOG_DISABLED", "true")];
-/// `sysconf(_SC_CLK_TCK)` on Linux: the unit of the CPU times in `/proc/<pid>/stat`.
-const CLOCK_TICKS: f64 = 100.0;
 
 fn arg<T: FromStr>(name: &str, default: T) -> Result<T> {
     let args: Vec<String> = std::env::args().collect();
@@ -84,30 +82,6 @@ fn arg<T: FromStr>(name: &str, default: T) -> Result<T> {
 
 // ---------------------------------------------------------------------------------------
 // CPU time, to say where a copy's time goes on two shared cores.
-
-/// The fields of `/proc/<pid>/stat` after the command name (field 3 is index 0).
-fn stat_fields(pid: &str) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(") ")?;
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-fn ticks(fields: &[String], at: &[usize]) -> f64 {
-    at.iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum::<f64>()
-        / CLOCK_TICKS
-}
-
-/// User + system seconds of a running process.
-fn process_cpu(pid: u32) -> f64 {
-    stat_fields(&pid.to_string()).map_or(0.0, |f| ticks(&f, &[11, 12]))
-}
-
-/// User + system seconds of this process's children that have been waited for.
-fn reaped_children_cpu() -> f64 {
-    stat_fields("self").map_or(0.0, |f| ticks(&f, &[13, 14]))
-}
 
 /// The `docker-registry` this process started (the upstream hides its child).
 fn distribution_pid() -> Option<u32> {
@@ -146,20 +120,30 @@ struct CpuMark {
 impl CpuMark {
     fn now(ipcr: u32, source: Option<u32>) -> CpuMark {
         CpuMark {
-            reaped: reaped_children_cpu(),
-            ipcr: (ipcr, process_cpu(ipcr)),
-            source: source.map(|p| (p, process_cpu(p))),
+            reaped: reaped_cpu(),
+            ipcr: (ipcr, cpu(ipcr)),
+            source: source.map(|p| (p, cpu(p))),
         }
     }
 
     /// What was spent since, the client counted once it has been reaped.
     fn spent(&self) -> Cpu {
         Cpu {
-            tool: reaped_children_cpu() - self.reaped,
-            ipcr: process_cpu(self.ipcr.0) - self.ipcr.1,
-            source: self.source.map_or(0.0, |(p, before)| process_cpu(p) - before),
+            tool: reaped_cpu() - self.reaped,
+            ipcr: cpu(self.ipcr.0) - self.ipcr.1,
+            source: self.source.map_or(0.0, |(p, before)| cpu(p) - before),
         }
     }
+}
+
+/// CPU seconds of `pid`, 0 once it is gone (the report then shows what it spent as 0).
+fn cpu(pid: u32) -> f64 {
+    process_cpu(pid).unwrap_or(0.0)
+}
+
+/// CPU seconds of this process's reaped children.
+fn reaped_cpu() -> f64 {
+    reaped_children_cpu().unwrap_or(0.0)
 }
 
 fn sync() {
